@@ -45,6 +45,8 @@ class Backend {
   // alloc fails with OutOfMemory naming `what`, the bytes asked for and the bytes free.
   virtual Status alloc(void** ptr, size_t bytes, const char* what) = 0;
   virtual void free(void* ptr) = 0;
+  // Ordered with the ops on the backend's stream. copy_to_device: `src` may be reused as soon as the
+  // call returns. copy_to_host: returns once the bytes are on the host.
   virtual Status copy_to_device(void* dst, const void* src, size_t bytes) = 0;
   virtual Status copy_to_host(void* dst, const void* src, size_t bytes) = 0;
   virtual Status memset(void* dst, int value, size_t bytes) = 0;

@@ -44,6 +44,7 @@ struct EngineOptions {
   int max_seqs = 1;            // KV-cache slots (sequences decoded together)
   int max_step_tokens = 512;   // tokens per forward chunk; longer steps are split
   int threads = 0;             // CPU threads; 0 = all cores
+  bool use_graphs = true;      // capture decode steps as CUDA graphs ($GPT_OSS_C_NO_GRAPHS=1: off)
 };
 
 struct SeqInput {
@@ -85,6 +86,10 @@ class Engine {
   // positions, token ids, context length, sampling values); nothing is touched on error.
   Status step(const std::vector<SeqInput>& seqs, LogitsMode mode, bool sample, StepOutput* out);
 
+  // Forgets what slot `slot` holds; its next step must start at position 0.
+  void reset_slot(int slot);
+  int slot_length(int slot) const { return slot_len_.at(size_t(slot)); }
+
   const ModelConfig& config() const { return cfg_; }
   const EngineOptions& options() const { return opts_; }
   Backend& backend() { return *backend_; }
@@ -95,10 +100,19 @@ class Engine {
   Engine() = default;
   Status load_weights(const std::vector<TensorRef>& tensors);
   Status allocate_state();
-  Status validate(const std::vector<SeqInput>& seqs) const;
-  Status run_chunk(const std::vector<SeqInput>& seqs, const std::vector<int>& begin,
-                   const std::vector<int>& count, LogitsMode mode, bool sample,
-                   std::vector<float>* logits_all, StepOutput* out);
+  Status validate(const std::vector<SeqInput>& seqs, LogitsMode mode, bool sample) const;
+
+  // A piece of a step: chunk sequence i is seqs[seq[i]], tokens [begin[i], begin[i] + count[i]).
+  struct Chunk {
+    std::vector<int> seq, begin, count;
+  };
+  Status run_chunk(const std::vector<SeqInput>& seqs, const Chunk& chunk, LogitsMode mode, bool sample,
+                   const std::vector<size_t>& logits_row0, StepOutput* out);
+  // The layers, final norm, unembedding and sampling of one chunk, with every input already on the
+  // device: only kernel launches, so a decode chunk can be captured as a graph and replayed.
+  Status forward(const BatchDesc& b, int rows, bool sample);
+  Status unembed(const int32_t* d_rows, int rows);
+  size_t ints_count() const;
 
   ModelConfig cfg_;
   EngineOptions opts_;
@@ -132,7 +146,11 @@ class Engine {
     float* rope_cos = nullptr;    // [max_context][32]
     float* rope_sin = nullptr;
   } ws_;
-  int logits_rows_ = 0;  // rows the logits buffer holds
+  int logits_rows_ = 0;              // rows the logits buffer holds
+  bool graphs_enabled_ = true;       // EngineOptions::use_graphs and not $GPT_OSS_C_NO_GRAPHS
+  bool ring_layers_ = false;         // some sliding layer keeps fewer than max_context positions
+  std::vector<int> slot_len_;        // positions held by each KV-cache slot
+  std::vector<int32_t> host_ints_;   // host staging of the batch description
 };
 
 // Build facts for gpt_oss_c.build_info().
