@@ -38,6 +38,7 @@ class Backend {
 
   virtual const char* name() const = 0;  // "cpu" or "cuda"
   virtual DType act_type() const = 0;    // dtype of activations between ops (see ops.h)
+  virtual DType kv_type() const { return DType::BF16; }  // dtype of the KV cache (see KVCacheView)
   virtual bool host_memory() const = 0;  // true: pointers are host pointers (CPU backend)
   virtual std::string device_name() const = 0;
 

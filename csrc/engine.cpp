@@ -368,12 +368,10 @@ Status Engine::allocate_state() {
     c.slots = S;
     c.n_kv = cfg_.n_kv;
     c.len = cfg_.sliding[size_t(l)] ? std::min(cfg_.sliding_window, opts_.max_context) : opts_.max_context;
-    const size_t bytes = size_t(S) * size_t(c.n_kv) * size_t(c.len) * kHeadDim * sizeof(bf16_t);
-    void *k = nullptr, *v = nullptr;
-    GPTOSS_RETURN_IF_ERROR(alloc(bytes, "KV cache (keys)", &k));
-    GPTOSS_RETURN_IF_ERROR(alloc(bytes, "KV cache (values)", &v));
-    c.k = static_cast<bf16_t*>(k);
-    c.v = static_cast<bf16_t*>(v);
+    c.type = backend_->kv_type();
+    const size_t bytes = size_t(S) * size_t(c.n_kv) * size_t(c.len) * kHeadDim * dtype_size(c.type);
+    GPTOSS_RETURN_IF_ERROR(alloc(bytes, "KV cache (keys)", &c.k));
+    GPTOSS_RETURN_IF_ERROR(alloc(bytes, "KV cache (values)", &c.v));
     kv_bytes_ += 2 * bytes;
     if (c.len < opts_.max_context) ring_layers_ = true;
   }

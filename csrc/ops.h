@@ -42,12 +42,16 @@ struct BatchDesc {
   const int32_t* seq_tok0 = nullptr;   // [S+1] prefix offsets into the step's tokens
 };
 
-// One layer's KV cache: K and V, each [slots][n_kv][len][64] bf16 (post-RoPE K).
+// One layer's KV cache: K and V, each [slots][n_kv][len][64] of `type` (post-RoPE K).
 // Position p of a sequence lives at index p % len. Full-attention layers have len = max_context,
 // so that is just p; sliding layers have len = min(window, max_context) and are a ring buffer.
+// `type` is the backend's kv_type(): BF16 on CUDA (half the bytes to read per decoded token), F32 on
+// the CPU (so the CPU path stays as exact as its f32 activations: the oracle tests compare greedy
+// argmax against the f32 reference, and bf16 rounding of K/V would flip near-ties).
 struct KVCacheView {
-  bf16_t* k = nullptr;
-  bf16_t* v = nullptr;
+  void* k = nullptr;
+  void* v = nullptr;
+  DType type = DType::BF16;
   int slots = 0, n_kv = 0, len = 0;
 };
 
@@ -117,7 +121,7 @@ struct AttentionParams {
   float scale = 0.125f;
 };
 
-// Writes this step's k/v into the cache at index pos % len, converting to bf16. When a sequence
+// Writes this step's k/v into the cache at index pos % len, converting to the cache's type. When a sequence
 // brings more than `len` tokens in one step, only its last `len` are written (the earlier ones
 // would be overwritten in the ring anyway); this keeps the result independent of write order.
 struct KVAppendParams {
