@@ -149,7 +149,8 @@ class ModelConfig:
 
     @property
     def max_position(self) -> int:
-        """The longest context the RoPE tables cover: initial_context_length * rope_scaling_factor."""
+        """The longest context the RoPE tables cover:
+        initial_context_length * rope_scaling_factor."""
         return int(self.initial_context_length * self.rope_scaling_factor)
 
     @property
@@ -177,7 +178,8 @@ class ModelConfig:
         """A copy with some fields changed. Changing num_hidden_layers without giving layer_types
         re-derives an alternating pattern when the current one is alternating."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
-        if "num_hidden_layers" in changes and "layer_types" not in changes and self.is_alternating():
+        if ("num_hidden_layers" in changes and "layer_types" not in changes
+                and self.is_alternating()):
             d["layer_types"] = None
         d.update(changes)
         return ModelConfig(**d)
@@ -186,7 +188,8 @@ class ModelConfig:
     # conversions
 
     def to_core_dict(self) -> dict:
-        """The dict the C++ engine's ModelConfig is built from (csrc/engine.h), exactly these keys."""
+        """The dict the C++ engine's ModelConfig is built from (csrc/engine.h): exactly these
+        keys."""
         return {
             "n_layers": self.num_hidden_layers,
             "n_experts": self.num_experts,
@@ -289,10 +292,12 @@ class ModelConfig:
     def from_dict(d: Mapping[str, Any], source: str = "config") -> "ModelConfig":
         """Parses either dialect (see the module docstring). `source` names the file in errors."""
         if not isinstance(d, Mapping):
-            raise UnsupportedConfigError(f"{source}: expected a JSON object, got {type(d).__name__}")
+            raise UnsupportedConfigError(
+                f"{source}: expected a JSON object, got {type(d).__name__}")
         if "model_type" in d and d["model_type"] != "gpt_oss":
             raise UnsupportedConfigError(
-                f"{source}: model_type is {d['model_type']!r}; gpt_oss_c runs only 'gpt_oss' models")
+                f"{source}: model_type is {d['model_type']!r}; gpt_oss_c runs only 'gpt_oss' "
+                f"models")
         if "num_local_experts" in d:
             return _from_hf(d, source)
         if "num_experts" in d:

@@ -54,7 +54,7 @@ INDEX_NAME = "model.safetensors.index.json"
 
 @dataclass(frozen=True)
 class TensorRef:
-    """`nbytes` bytes at absolute byte `offset` of `file`, holding a row-major `shape` of `dtype`."""
+    """`nbytes` bytes at absolute byte `offset` of `file`: a row-major `shape` of `dtype`."""
 
     name: str
     file: str
@@ -238,8 +238,8 @@ def read_safetensors_header(path: str) -> dict[str, HeaderEntry]:
     for name, e in hdr.items():
         if name == "__metadata__":
             if not isinstance(e, dict) or not all(isinstance(v, str) for v in e.values()):
-                raise CheckpointError(f"{path}: __metadata__ must map strings to strings, got {e!r}",
-                                      file=path)
+                raise CheckpointError(
+                    f"{path}: __metadata__ must map strings to strings, got {e!r}", file=path)
             continue
 
         def bad(msg: str) -> CheckpointError:
@@ -260,8 +260,8 @@ def read_safetensors_header(path: str) -> dict[str, HeaderEntry]:
             raise bad(f"data_offsets {offs} span {offs[1] - offs[0]} bytes but dtype {dtype} with "
                       f"shape {tuple(shape)} needs {need}")
         if data_start + offs[1] > size:
-            raise bad(f"data ends at byte {data_start + offs[1]} but the file has only {size} bytes "
-                      f"(truncated?)")
+            raise bad(f"data ends at byte {data_start + offs[1]} but the file has only {size} "
+                      f"bytes (truncated?)")
         entries[name] = HeaderEntry(dtype, tuple(shape), data_start + offs[0], data_start + offs[1])
 
     prev_name, prev_end = None, data_start
@@ -329,8 +329,8 @@ def _shard_files(d: str) -> tuple[list[str], dict[str, str] | None, str | None]:
         if os.path.basename(shard) != shard or not os.path.isfile(full):
             tensor = next(t for t, s in wm.items() if s == shard)
             raise CheckpointError(
-                f"{index} maps tensor {tensor} (and others) to shard {shard!r}, which does not "
-                f"exist in {d}", file=index, tensor=tensor)
+                f"{index} maps tensor {tensor} (and others) to shard {shard!r}, which is not a "
+                f"file in {d}", file=index, tensor=tensor)
         files.append(full)
     return files, {t: os.path.join(d, s) for t, s in wm.items()}, index
 

@@ -1,8 +1,9 @@
-"""Synthetic gpt-oss checkpoints: the real file layouts, names, shapes and dtypes with random weights.
+"""Synthetic gpt-oss checkpoints: the real file layouts, names, shapes and dtypes, random weights.
 
 `write_synthetic_checkpoint` writes either layout (GPT_OSS_FORMAT.md sections 1-2):
   * "hf": config.json, generation_config.json, model.safetensors or shards
-    model-{i:05d}-of-{last:05d}.safetensors (0-based, last = shards - 1) + model.safetensors.index.json;
+    model-{i:05d}-of-{last:05d}.safetensors (0-based, last = shards - 1) plus
+    model.safetensors.index.json;
   * "original": config.json (the 16 keys), dtypes.json, model.safetensors or shards
     model--{i:05d}-of-{n:05d}.safetensors (1-based, double dash, as 120b has them) + index.
 It writes the safetensors format itself (header JSON in safetensors' own order: __metadata__,
@@ -219,7 +220,8 @@ def _scale_mix(k: int) -> tuple[int, float]:
     return e0, (target - 4.0 ** e0) / (4.0 ** (e0 + 1) - 4.0 ** e0)
 
 
-def _chunk_bytes(cfg: ModelConfig, seed: int, canon: str, kind: str, chunk: int, n: int) -> np.ndarray:
+def _chunk_bytes(cfg: ModelConfig, seed: int, canon: str, kind: str, chunk: int,
+                 n: int) -> np.ndarray:
     """Chunk `chunk` (n elements) of canonical tensor `canon`, as stored bytes."""
     rng = np.random.Generator(np.random.SFC64(np.random.SeedSequence([seed, _name_key(canon),
                                                                       chunk])))
@@ -272,8 +274,9 @@ class _Writer:
             if self.show and (now - self.last > 0.5 or self.done == self.total):
                 self.last = now
                 rate = self.done / max(now - self.t0, 1e-9) / 1e6
-                sys.stderr.write(f"\rwriting synthetic checkpoint: {100 * self.done / self.total:5.1f}% "
-                                 f"{self.done / 1e9:.1f}/{self.total / 1e9:.1f} GB, {rate:.0f} MB/s")
+                sys.stderr.write(
+                    f"\rwriting synthetic checkpoint: {100 * self.done / self.total:5.1f}% "
+                    f"{self.done / 1e9:.1f}/{self.total / 1e9:.1f} GB, {rate:.0f} MB/s")
                 if self.done == self.total:
                     sys.stderr.write("\n")
                 sys.stderr.flush()
