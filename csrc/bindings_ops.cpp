@@ -1,0 +1,722 @@
+// gpt_oss_c._core.ops: one function per op family of csrc/ops.h, for tests and benchmarks.
+//
+// Every function runs *only through the Backend interface* of the device it is given ("cpu",
+// "cpu:N" for a CPU backend with N threads, "cuda" or "cuda:N"), exactly as the engine does:
+// weights go through place_weight (so a backend that re-lays-out MXFP4 is tested through that
+// path), everything else through alloc + copy_to_device, the op runs, outputs come back with
+// copy_to_host, and all memory is freed (release_weights for the placed weights). One backend
+// per device string is created on first use and cached.
+//
+// Dtypes: activations are given and returned as float32 numpy arrays. When the backend's
+// act_type() is BF16 (CUDA), activation inputs are rounded to bf16 (nearest even) before upload
+// and activation outputs are widened back to float32, so the op sees what the engine would give
+// it. The residual (embed/moe/accumulating dense outputs), router logits, sinks, biases and norm
+// scales stay float32. bf16 weights are passed as their bit patterns in uint16 arrays; MXFP4
+// blocks and scales as uint8. Shapes and dtypes are checked here and reported as ValueError.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "bindings_common.h"
+
+namespace py = pybind11;
+
+namespace gptoss {
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Backends, one per device string.
+// ---------------------------------------------------------------------------------------------
+struct BackendEntry {
+  std::unique_ptr<Backend> backend;
+  std::mutex mutex;  // one op at a time per backend (its scratch and pool are not re-entrant)
+};
+
+BackendEntry& backend_for(const std::string& device) {
+  static std::mutex cache_mutex;
+  static std::map<std::string, std::unique_ptr<BackendEntry>> cache;
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  auto it = cache.find(device);
+  if (it != cache.end()) return *it->second;
+  auto parse_index = [&](const std::string& s, int min) {
+    size_t used = 0;
+    int v = -1;
+    try {
+      v = std::stoi(s, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != s.size() || v < min)
+      throw py::value_error("device '" + device + "': expected 'cpu', 'cpu:THREADS', 'cuda' or 'cuda:INDEX'");
+    return v;
+  };
+  auto entry = std::make_unique<BackendEntry>();
+  if (device == "cpu" || device.rfind("cpu:", 0) == 0) {
+    entry->backend = make_cpu_backend(device == "cpu" ? 0 : parse_index(device.substr(4), 1));
+  } else if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
+    throw_if_error(make_cuda_backend(device == "cuda" ? 0 : parse_index(device.substr(5), 0), &entry->backend));
+  } else {
+    throw py::value_error("unknown device '" + device + "': expected 'cpu', 'cpu:THREADS', 'cuda' or 'cuda:INDEX'");
+  }
+  BackendEntry& ref = *entry;
+  cache.emplace(device, std::move(entry));
+  return ref;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Argument checking (with the GIL held).
+// ---------------------------------------------------------------------------------------------
+using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using I32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+py::array as_array(const py::object& o, const char* name) {
+  if (!py::isinstance<py::array>(o))
+    throw py::value_error(std::string(name) + " must be a numpy array, got " + std::string(py::str(o.attr("__class__").attr("__name__"))));
+  return o.cast<py::array>();
+}
+
+// Float arrays of any precision are accepted and converted to float32.
+F32Array f32_arg(const py::object& o, const char* name) {
+  py::array a = as_array(o, name);
+  if (a.dtype().kind() != 'f')
+    throw py::value_error(std::string(name) + " must be a floating-point array, got dtype " + std::string(py::str(a.dtype())));
+  return F32Array::ensure(a);
+}
+
+// Integer arrays whose values fit in int32.
+I32Array i32_arg(const py::object& o, const char* name) {
+  py::array a = as_array(o, name);
+  const char kind = a.dtype().kind();
+  if (kind != 'i' && kind != 'u')
+    throw py::value_error(std::string(name) + " must be an integer array, got dtype " + std::string(py::str(a.dtype())));
+  auto wide = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
+  for (py::ssize_t i = 0; i < wide.size(); ++i) {
+    const int64_t v = wide.data()[i];
+    if (v < INT32_MIN || v > INT32_MAX)
+      throw py::value_error(std::string(name) + " value " + std::to_string(v) + " does not fit in int32");
+  }
+  return I32Array::ensure(wide);
+}
+
+// Exact dtype, no conversion: bf16 bit patterns (uint16) and MXFP4 bytes (uint8).
+template <class T>
+py::array_t<T, py::array::c_style> exact_arg(const py::object& o, const char* name, const char* what) {
+  py::array a = as_array(o, name);
+  if (!a.dtype().is(py::dtype::of<T>()))
+    throw py::value_error(std::string(name) + " must have dtype " + what + ", got " + std::string(py::str(a.dtype())));
+  return py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
+}
+
+// dims: -1 matches anything. Returns the shape.
+std::vector<int64_t> need_shape(const py::array& a, const char* name, std::vector<int64_t> dims) {
+  bool ok = a.ndim() == py::ssize_t(dims.size());
+  for (size_t i = 0; ok && i < dims.size(); ++i) ok = dims[i] < 0 || a.shape(i) == dims[i];
+  if (!ok) {
+    std::string want = "(";
+    for (size_t i = 0; i < dims.size(); ++i) want += (i ? ", " : "") + (dims[i] < 0 ? std::string("*") : std::to_string(dims[i]));
+    throw py::value_error(std::string(name) + " has shape " + shape_str(a) + ", expected " + want +
+                          (dims.size() == 1 ? ",)" : ")"));
+  }
+  std::vector<int64_t> s(size_t(a.ndim()));
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+    s[size_t(i)] = a.shape(i);
+    if (s[size_t(i)] < 1) throw py::value_error(std::string(name) + " has an empty dimension: shape " + shape_str(a));
+    if (s[size_t(i)] > INT32_MAX) throw py::value_error(std::string(name) + " is too large");
+  }
+  return s;
+}
+
+// A per-sequence value given either as a scalar or as a 1-D array of length S.
+template <class Arr>
+Arr per_seq(const Arr& a, int S, const char* name) {
+  if (a.ndim() == 0) {
+    Arr out({py::ssize_t(S)});
+    for (int s = 0; s < S; ++s) out.mutable_data()[s] = a.data()[0];
+    return out;
+  }
+  need_shape(a, name, {S});
+  return a;
+}
+
+// The step's BatchDesc arrays from per-sequence (slot, start, count), built on the host.
+struct HostBatch {
+  std::vector<int32_t> tok_pos, tok_seq, seq_slot, seq_start, seq_tok0;
+  int T = 0, S = 0;
+};
+
+HostBatch make_batch(const I32Array& slot, const I32Array& start, const I32Array& lens, int T, int slots,
+                     const char* op) {
+  const std::string where = std::string(op) + ": ";
+  need_shape(slot, "seq_slot", {-1});
+  const int S = int(slot.shape(0));
+  need_shape(start, "seq_start", {S});
+  need_shape(lens, "seq_lens", {S});
+  HostBatch b;
+  b.T = T;
+  b.S = S;
+  b.seq_tok0.push_back(0);
+  std::vector<char> used(size_t(slots), 0);
+  for (int s = 0; s < S; ++s) {
+    const int sl = slot.data()[s], st = start.data()[s], n = lens.data()[s];
+    if (sl < 0 || sl >= slots)
+      throw py::value_error(where + "seq_slot[" + std::to_string(s) + "] = " + std::to_string(sl) +
+                            " is outside the cache's [0, " + std::to_string(slots) + ")");
+    if (used[size_t(sl)]) throw py::value_error(where + "two sequences use slot " + std::to_string(sl));
+    used[size_t(sl)] = 1;
+    if (st < 0) throw py::value_error(where + "seq_start[" + std::to_string(s) + "] is negative");
+    if (n < 1) throw py::value_error(where + "seq_lens[" + std::to_string(s) + "] must be >= 1");
+    for (int i = 0; i < n; ++i) {
+      b.tok_pos.push_back(st + i);
+      b.tok_seq.push_back(s);
+    }
+    b.seq_slot.push_back(sl);
+    b.seq_start.push_back(st);
+    b.seq_tok0.push_back(b.seq_tok0.back() + n);
+  }
+  if (b.seq_tok0.back() != T)
+    throw py::value_error(where + "seq_lens sum to " + std::to_string(b.seq_tok0.back()) + " but there are " +
+                          std::to_string(T) + " tokens");
+  return b;
+}
+
+// ---------------------------------------------------------------------------------------------
+// One op call on a backend, without the GIL: owns the allocations and the placed weights.
+// ---------------------------------------------------------------------------------------------
+class Call {
+ public:
+  explicit Call(BackendEntry& e) : lock_(e.mutex), b_(*e.backend) {}
+  ~Call() {
+    for (void* p : allocs_) b_.free(p);
+    if (placed_) b_.release_weights();
+  }
+  Backend& backend() { return b_; }
+  DType act() const { return b_.act_type(); }
+
+  template <class T>
+  Status alloc(size_t count, const char* what, T** out) {
+    void* p = nullptr;
+    GPTOSS_RETURN_IF_ERROR(b_.alloc(&p, count * sizeof(T), what));
+    allocs_.push_back(p);
+    *out = static_cast<T*>(p);
+    return Status::Ok();
+  }
+  template <class T>
+  Status upload(const T* src, size_t count, const char* what, T** out) {
+    GPTOSS_RETURN_IF_ERROR(alloc(count, what, out));
+    return b_.copy_to_device(*out, src, count * sizeof(T));
+  }
+  // Activation input: f32 -> act_type.
+  Status upload_act(const float* src, size_t n, const char* what, void** out) {
+    if (act() == DType::F32) return upload(src, n, what, reinterpret_cast<float**>(out));
+    std::vector<bf16_t> h(n);
+    for (size_t i = 0; i < n; ++i) h[i] = f32_to_bf16(src[i]);
+    return upload(h.data(), n, what, reinterpret_cast<bf16_t**>(out));
+  }
+  Status alloc_act(size_t n, const char* what, void** out) {
+    if (act() == DType::F32) return alloc(n, what, reinterpret_cast<float**>(out));
+    return alloc(n, what, reinterpret_cast<bf16_t**>(out));
+  }
+  // Activation output: act_type -> f32.
+  Status download_act(float* dst, const void* src, size_t n) {
+    if (act() == DType::F32) return b_.copy_to_host(dst, src, n * sizeof(float));
+    std::vector<bf16_t> h(n);
+    GPTOSS_RETURN_IF_ERROR(b_.copy_to_host(h.data(), src, n * sizeof(bf16_t)));
+    for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(h[i]);
+    return Status::Ok();
+  }
+  template <class T>
+  Status download(T* dst, const T* src, size_t count) {
+    return b_.copy_to_host(dst, src, count * sizeof(T));
+  }
+  template <class T>
+  Status place(WeightKind kind, const T* host, size_t count, const std::vector<int64_t>& shape, const char* name,
+               const T** out) {
+    placed_ = true;
+    const void* p = nullptr;
+    GPTOSS_RETURN_IF_ERROR(b_.place_weight(kind, host, count * sizeof(T), shape.data(), int(shape.size()), name, &p));
+    *out = static_cast<const T*>(p);
+    return Status::Ok();
+  }
+  // BatchDesc arrays on the device.
+  Status upload_batch(const HostBatch& h, BatchDesc* d) {
+    d->T = h.T;
+    d->S = h.S;
+    GPTOSS_RETURN_IF_ERROR(upload(h.tok_pos.data(), h.tok_pos.size(), "tok_pos", const_cast<int32_t**>(&d->tok_pos)));
+    GPTOSS_RETURN_IF_ERROR(upload(h.tok_seq.data(), h.tok_seq.size(), "tok_seq", const_cast<int32_t**>(&d->tok_seq)));
+    GPTOSS_RETURN_IF_ERROR(upload(h.seq_slot.data(), h.seq_slot.size(), "seq_slot", const_cast<int32_t**>(&d->seq_slot)));
+    GPTOSS_RETURN_IF_ERROR(upload(h.seq_start.data(), h.seq_start.size(), "seq_start", const_cast<int32_t**>(&d->seq_start)));
+    return upload(h.seq_tok0.data(), h.seq_tok0.size(), "seq_tok0", const_cast<int32_t**>(&d->seq_tok0));
+  }
+
+ private:
+  std::unique_lock<std::mutex> lock_;
+  Backend& b_;
+  std::vector<void*> allocs_;
+  bool placed_ = false;
+};
+
+// Runs fn(Call&) -> Status without the GIL, then raises for a bad status.
+template <class Fn>
+void run_on(const std::string& device, Fn&& fn) {
+  BackendEntry& entry = backend_for(device);
+  Status st;
+  {
+    py::gil_scoped_release nogil;
+    Call call(entry);
+    st = fn(call);
+    if (st.ok()) st = call.backend().synchronize();
+  }
+  throw_if_error(st);
+}
+
+std::vector<py::ssize_t> dims(std::initializer_list<int64_t> d) { return std::vector<py::ssize_t>(d.begin(), d.end()); }
+
+// ---------------------------------------------------------------------------------------------
+// The ops.
+// ---------------------------------------------------------------------------------------------
+py::dict backend_info(const std::string& device) {
+  BackendEntry& e = backend_for(device);
+  py::dict d;
+  d["name"] = e.backend->name();
+  d["act_type"] = dtype_name(e.backend->act_type());
+  d["device_name"] = e.backend->device_name();
+  d["host_memory"] = e.backend->host_memory();
+  return d;
+}
+
+py::array_t<float> op_embed(const py::object& ids_o, const py::object& table_o, const std::string& device) {
+  auto ids = i32_arg(ids_o, "ids");
+  auto table = exact_arg<uint16_t>(table_o, "table", "uint16 (bf16 bits)");
+  const int T = int(need_shape(ids, "ids", {-1})[0]);
+  auto ts = need_shape(table, "table", {-1, -1});
+  const int V = int(ts[0]), H = int(ts[1]);
+  for (int t = 0; t < T; ++t)
+    if (ids.data()[t] < 0 || ids.data()[t] >= V)
+      throw py::value_error("embed: ids[" + std::to_string(t) + "] = " + std::to_string(ids.data()[t]) +
+                            " is outside [0, " + std::to_string(V) + ")");
+  py::array_t<float> out(dims({T, H}));
+  float* out_h = out.mutable_data();
+  run_on(device, [&](Call& c) -> Status {
+    EmbedParams p;
+    p.T = T; p.H = H; p.V = V;
+    GPTOSS_RETURN_IF_ERROR(c.upload(ids.data(), size_t(T), "ids", const_cast<int32_t**>(&p.ids)));
+    GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::EmbeddingBF16, table.data(), size_t(V) * H, ts, "table", &p.table));
+    GPTOSS_RETURN_IF_ERROR(c.alloc(size_t(T) * H, "out", &p.out));
+    GPTOSS_RETURN_IF_ERROR(c.backend().embed(p));
+    return c.download(out_h, p.out, size_t(T) * H);
+  });
+  return out;
+}
+
+py::array_t<float> op_rmsnorm(const py::object& x_o, const py::object& w_o, const py::object& rows_o, float eps,
+                              const std::string& device) {
+  auto x = f32_arg(x_o, "x");
+  auto w = f32_arg(w_o, "w");
+  auto xs = need_shape(x, "x", {-1, -1});
+  const int N = int(xs[0]), H = int(xs[1]);
+  auto ws = need_shape(w, "w", {H});
+  I32Array rows;
+  int T = N;
+  if (!rows_o.is_none()) {
+    rows = i32_arg(rows_o, "rows");
+    T = int(need_shape(rows, "rows", {-1})[0]);
+    for (int r = 0; r < T; ++r)
+      if (rows.data()[r] < 0 || rows.data()[r] >= N)
+        throw py::value_error("rmsnorm: rows[" + std::to_string(r) + "] = " + std::to_string(rows.data()[r]) +
+                              " is outside [0, " + std::to_string(N) + ")");
+  }
+  py::array_t<float> out(dims({T, H}));
+  float* out_h = out.mutable_data();
+  const bool gather = !rows_o.is_none();
+  run_on(device, [&](Call& c) -> Status {
+    RMSNormParams p;
+    p.T = T; p.H = H; p.ldx = H; p.ldo = H; p.eps = eps; p.out_type = c.act();
+    float* xd = nullptr;
+    GPTOSS_RETURN_IF_ERROR(c.upload(x.data(), size_t(N) * H, "x", &xd));
+    p.x = xd;
+    if (gather) GPTOSS_RETURN_IF_ERROR(c.upload(rows.data(), size_t(T), "rows", const_cast<int32_t**>(&p.rows)));
+    GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::VectorF32, w.data(), size_t(H), ws, "w", &p.w));
+    GPTOSS_RETURN_IF_ERROR(c.alloc_act(size_t(T) * H, "out", &p.out));
+    GPTOSS_RETURN_IF_ERROR(c.backend().rmsnorm(p));
+    return c.download_act(out_h, p.out, size_t(T) * H);
+  });
+  return out;
+}
+
+py::array_t<float> op_dense(const py::object& x_o, const py::object& w_o, const py::object& bias_o,
+                            const py::object& y_o, bool f32_out, const std::string& device) {
+  auto x = f32_arg(x_o, "x");
+  auto w = exact_arg<uint16_t>(w_o, "w", "uint16 (bf16 bits)");
+  auto xs = need_shape(x, "x", {-1, -1});
+  const int T = int(xs[0]), K = int(xs[1]);
+  auto wsh = need_shape(w, "w", {-1, K});
+  const int N = int(wsh[0]);
+  F32Array bias, y;
+  std::vector<int64_t> bs;
+  if (!bias_o.is_none()) {
+    bias = f32_arg(bias_o, "bias");
+    bs = need_shape(bias, "bias", {N});
+  }
+  const bool accumulate = !y_o.is_none();
+  if (accumulate) {
+    y = f32_arg(y_o, "y");
+    need_shape(y, "y", {T, N});
+  }
+  py::array_t<float> out(dims({T, N}));
+  float* out_h = out.mutable_data();
+  const bool has_bias = !bias_o.is_none();
+  run_on(device, [&](Call& c) -> Status {
+    DenseParams p;
+    p.T = T; p.K = K; p.N = N; p.ldx = K; p.ldy = N; p.accumulate = accumulate;
+    p.x_type = c.act();
+    p.y_type = (accumulate || f32_out) ? DType::F32 : c.act();
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(x.data(), size_t(T) * K, "x", const_cast<void**>(&p.x)));
+    GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::DenseBF16, w.data(), size_t(N) * K, wsh, "w", &p.w));
+    if (has_bias) GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::VectorF32, bias.data(), size_t(N), bs, "bias", &p.bias));
+    if (accumulate) {
+      float* yd = nullptr;
+      GPTOSS_RETURN_IF_ERROR(c.upload(y.data(), size_t(T) * N, "y", &yd));
+      p.y = yd;
+    } else if (p.y_type == DType::F32) {
+      float* yd = nullptr;
+      GPTOSS_RETURN_IF_ERROR(c.alloc(size_t(T) * N, "y", &yd));
+      p.y = yd;
+    } else {
+      GPTOSS_RETURN_IF_ERROR(c.alloc_act(size_t(T) * N, "y", &p.y));
+    }
+    GPTOSS_RETURN_IF_ERROR(c.backend().dense(p));
+    if (p.y_type == DType::F32) return c.download(out_h, static_cast<const float*>(p.y), size_t(T) * N);
+    return c.download_act(out_h, p.y, size_t(T) * N);
+  });
+  return out;
+}
+
+py::tuple op_rope(const py::object& q_o, const py::object& k_o, const py::object& pos_o, const py::object& cos_o,
+                  const py::object& sin_o, const std::string& device) {
+  auto q = f32_arg(q_o, "q");
+  auto k = f32_arg(k_o, "k");
+  auto pos = i32_arg(pos_o, "positions");
+  auto cs = f32_arg(cos_o, "cos");
+  auto sn = f32_arg(sin_o, "sin");
+  auto qs = need_shape(q, "q", {-1, -1});
+  const int T = int(qs[0]);
+  auto ks = need_shape(k, "k", {T, -1});
+  if (qs[1] % kHeadDim || ks[1] % kHeadDim) throw py::value_error("rope: q and k widths must be multiples of 64");
+  const int nq = int(qs[1] / kHeadDim), nkv = int(ks[1] / kHeadDim);
+  need_shape(pos, "positions", {T});
+  const int P = int(need_shape(cs, "cos", {-1, kHeadDim / 2})[0]);
+  need_shape(sn, "sin", {P, kHeadDim / 2});
+  for (int t = 0; t < T; ++t)
+    if (pos.data()[t] < 0 || pos.data()[t] >= P)
+      throw py::value_error("rope: positions[" + std::to_string(t) + "] = " + std::to_string(pos.data()[t]) +
+                            " is outside the tables' [0, " + std::to_string(P) + ")");
+  py::array_t<float> qo(dims({T, qs[1]})), ko(dims({T, ks[1]}));
+  float *qo_h = qo.mutable_data(), *ko_h = ko.mutable_data();
+  run_on(device, [&](Call& c) -> Status {
+    RopeParams p;
+    p.batch.T = T;
+    p.n_q = nq; p.n_kv = nkv; p.ldq = nq * kHeadDim; p.ldk = nkv * kHeadDim; p.type = c.act();
+    GPTOSS_RETURN_IF_ERROR(c.upload(pos.data(), size_t(T), "positions", const_cast<int32_t**>(&p.batch.tok_pos)));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(q.data(), size_t(T) * p.ldq, "q", &p.q));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(k.data(), size_t(T) * p.ldk, "k", &p.k));
+    GPTOSS_RETURN_IF_ERROR(c.upload(cs.data(), size_t(P) * 32, "cos", const_cast<float**>(&p.cos)));
+    GPTOSS_RETURN_IF_ERROR(c.upload(sn.data(), size_t(P) * 32, "sin", const_cast<float**>(&p.sin)));
+    GPTOSS_RETURN_IF_ERROR(c.backend().rope(p));
+    GPTOSS_RETURN_IF_ERROR(c.download_act(qo_h, p.q, size_t(T) * p.ldq));
+    return c.download_act(ko_h, p.k, size_t(T) * p.ldk);
+  });
+  return py::make_tuple(qo, ko);
+}
+
+struct CacheArgs {
+  py::array_t<uint16_t, py::array::c_style> k, v;
+  std::vector<int64_t> shape;
+  int slots = 0, n_kv = 0, len = 0;
+};
+
+CacheArgs cache_args(const py::object& k_o, const py::object& v_o) {
+  CacheArgs a;
+  a.k = exact_arg<uint16_t>(k_o, "cache_k", "uint16 (bf16 bits)");
+  a.v = exact_arg<uint16_t>(v_o, "cache_v", "uint16 (bf16 bits)");
+  a.shape = need_shape(a.k, "cache_k", {-1, -1, -1, kHeadDim});
+  need_shape(a.v, "cache_v", {a.shape[0], a.shape[1], a.shape[2], kHeadDim});
+  a.slots = int(a.shape[0]);
+  a.n_kv = int(a.shape[1]);
+  a.len = int(a.shape[2]);
+  return a;
+}
+
+py::array_t<float> op_attention(const py::object& q_o, const py::object& k_o, const py::object& v_o,
+                                const py::object& ck_o, const py::object& cv_o, const py::object& slot_o,
+                                const py::object& start_o, const py::object& lens_o, const py::object& sinks_o,
+                                int window, float scale, const std::string& device) {
+  auto q = f32_arg(q_o, "q");
+  auto k = f32_arg(k_o, "k");
+  auto v = f32_arg(v_o, "v");
+  auto sinks = f32_arg(sinks_o, "sinks");
+  CacheArgs cache = cache_args(ck_o, cv_o);
+  auto qs = need_shape(q, "q", {-1, -1});
+  const int T = int(qs[0]);
+  if (qs[1] % kHeadDim) throw py::value_error("attention: q width must be a multiple of 64");
+  const int nq = int(qs[1] / kHeadDim), nkv = cache.n_kv;
+  need_shape(k, "k", {T, int64_t(nkv) * kHeadDim});
+  need_shape(v, "v", {T, int64_t(nkv) * kHeadDim});
+  auto ss = need_shape(sinks, "sinks", {nq});
+  if (nq % nkv) throw py::value_error("attention: the number of q heads must be a multiple of the kv heads");
+  if (window < 0) throw py::value_error("attention: window must be >= 0 (0 = full causal)");
+  HostBatch hb = make_batch(i32_arg(slot_o, "seq_slot"), i32_arg(start_o, "seq_start"), i32_arg(lens_o, "seq_lens"),
+                            T, cache.slots, "attention");
+  py::array_t<float> out(dims({T, int64_t(nq) * kHeadDim}));
+  float* out_h = out.mutable_data();
+  run_on(device, [&](Call& c) -> Status {
+    AttentionParams p;
+    p.n_q = nq; p.n_kv = nkv; p.window = window; p.scale = scale; p.act_type = c.act();
+    p.ldq = p.ldo = nq * kHeadDim;
+    p.ldkv = nkv * kHeadDim;
+    GPTOSS_RETURN_IF_ERROR(c.upload_batch(hb, &p.batch));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(q.data(), size_t(T) * p.ldq, "q", const_cast<void**>(&p.q)));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(k.data(), size_t(T) * p.ldkv, "k", const_cast<void**>(&p.k)));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(v.data(), size_t(T) * p.ldkv, "v", const_cast<void**>(&p.v)));
+    const size_t cache_n = size_t(cache.k.size());
+    GPTOSS_RETURN_IF_ERROR(c.upload(cache.k.data(), cache_n, "cache_k", &p.cache.k));
+    GPTOSS_RETURN_IF_ERROR(c.upload(cache.v.data(), cache_n, "cache_v", &p.cache.v));
+    p.cache.slots = cache.slots; p.cache.n_kv = nkv; p.cache.len = cache.len;
+    GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::VectorF32, sinks.data(), size_t(nq), ss, "sinks", &p.sinks));
+    GPTOSS_RETURN_IF_ERROR(c.alloc_act(size_t(T) * p.ldo, "out", &p.out));
+    GPTOSS_RETURN_IF_ERROR(c.backend().attention(p));
+    return c.download_act(out_h, p.out, size_t(T) * p.ldo);
+  });
+  return out;
+}
+
+py::tuple op_kv_append(const py::object& k_o, const py::object& v_o, const py::object& ck_o, const py::object& cv_o,
+                       const py::object& slot_o, const py::object& start_o, const py::object& lens_o,
+                       const std::string& device) {
+  auto k = f32_arg(k_o, "k");
+  auto v = f32_arg(v_o, "v");
+  CacheArgs cache = cache_args(ck_o, cv_o);
+  const int T = int(need_shape(k, "k", {-1, int64_t(cache.n_kv) * kHeadDim})[0]);
+  need_shape(v, "v", {T, int64_t(cache.n_kv) * kHeadDim});
+  HostBatch hb = make_batch(i32_arg(slot_o, "seq_slot"), i32_arg(start_o, "seq_start"), i32_arg(lens_o, "seq_lens"),
+                            T, cache.slots, "kv_append");
+  std::vector<py::ssize_t> cshape(cache.shape.begin(), cache.shape.end());
+  py::array_t<uint16_t> ko(cshape), vo(cshape);
+  uint16_t *ko_h = ko.mutable_data(), *vo_h = vo.mutable_data();
+  run_on(device, [&](Call& c) -> Status {
+    KVAppendParams p;
+    p.act_type = c.act();
+    p.ldkv = cache.n_kv * kHeadDim;
+    GPTOSS_RETURN_IF_ERROR(c.upload_batch(hb, &p.batch));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(k.data(), size_t(T) * p.ldkv, "k", const_cast<void**>(&p.k)));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(v.data(), size_t(T) * p.ldkv, "v", const_cast<void**>(&p.v)));
+    const size_t cache_n = size_t(cache.k.size());
+    GPTOSS_RETURN_IF_ERROR(c.upload(cache.k.data(), cache_n, "cache_k", &p.cache.k));
+    GPTOSS_RETURN_IF_ERROR(c.upload(cache.v.data(), cache_n, "cache_v", &p.cache.v));
+    p.cache.slots = cache.slots; p.cache.n_kv = cache.n_kv; p.cache.len = cache.len;
+    GPTOSS_RETURN_IF_ERROR(c.backend().kv_append(p));
+    GPTOSS_RETURN_IF_ERROR(c.download(ko_h, p.cache.k, cache_n));
+    return c.download(vo_h, p.cache.v, cache_n);
+  });
+  return py::make_tuple(ko, vo);
+}
+
+py::tuple op_router_topk(const py::object& logits_o, int k, const std::string& device) {
+  auto logits = f32_arg(logits_o, "logits");
+  auto ls = need_shape(logits, "logits", {-1, -1});
+  const int T = int(ls[0]), E = int(ls[1]);
+  if (k < 1 || k > E) throw py::value_error("router_topk: k=" + std::to_string(k) + " must be in [1, " + std::to_string(E) + "]");
+  py::array_t<int32_t> idx(dims({T, k}));
+  py::array_t<float> w(dims({T, k}));
+  int32_t* idx_h = idx.mutable_data();
+  float* w_h = w.mutable_data();
+  run_on(device, [&](Call& c) -> Status {
+    RouterParams p;
+    p.T = T; p.E = E; p.k = k; p.ldl = E;
+    GPTOSS_RETURN_IF_ERROR(c.upload(logits.data(), size_t(T) * E, "logits", const_cast<float**>(&p.logits)));
+    GPTOSS_RETURN_IF_ERROR(c.alloc(size_t(T) * k, "expert_idx", &p.expert_idx));
+    GPTOSS_RETURN_IF_ERROR(c.alloc(size_t(T) * k, "expert_w", &p.expert_w));
+    GPTOSS_RETURN_IF_ERROR(c.backend().router_topk(p));
+    GPTOSS_RETURN_IF_ERROR(c.download(idx_h, p.expert_idx, size_t(T) * k));
+    return c.download(w_h, p.expert_w, size_t(T) * k);
+  });
+  return py::make_tuple(idx, w);
+}
+
+py::array_t<float> op_moe(const py::object& x_o, const py::object& idx_o, const py::object& ew_o,
+                          const py::object& w1b_o, const py::object& w1s_o, const py::object& b1_o,
+                          const py::object& w2b_o, const py::object& w2s_o, const py::object& b2_o,
+                          const py::object& y_o, float alpha, float limit, const std::string& device) {
+  auto x = f32_arg(x_o, "x");
+  auto idx = i32_arg(idx_o, "expert_idx");
+  auto ew = f32_arg(ew_o, "expert_w");
+  auto w1b = exact_arg<uint8_t>(w1b_o, "w1_blocks", "uint8");
+  auto w1s = exact_arg<uint8_t>(w1s_o, "w1_scales", "uint8");
+  auto b1 = f32_arg(b1_o, "b1");
+  auto w2b = exact_arg<uint8_t>(w2b_o, "w2_blocks", "uint8");
+  auto w2s = exact_arg<uint8_t>(w2s_o, "w2_scales", "uint8");
+  auto b2 = f32_arg(b2_o, "b2");
+  auto y = f32_arg(y_o, "y");
+  auto xs = need_shape(x, "x", {-1, -1});
+  const int T = int(xs[0]), H = int(xs[1]);
+  if (H % kMxfp4Block) throw py::value_error("moe: hidden size " + std::to_string(H) + " is not a multiple of 32");
+  const int k = int(need_shape(idx, "expert_idx", {T, -1})[1]);
+  need_shape(ew, "expert_w", {T, k});
+  auto w1bs = need_shape(w1b, "w1_blocks", {-1, -1, H / kMxfp4Block, kMxfp4BlockBytes});
+  const int E = int(w1bs[0]), R1 = int(w1bs[1]);
+  if (R1 % (2 * kMxfp4Block)) throw py::value_error("moe: w1 has " + std::to_string(R1) + " rows; expected 2*I with I a multiple of 32");
+  const int I = R1 / 2;
+  auto w1ss = need_shape(w1s, "w1_scales", {E, R1, H / kMxfp4Block});
+  auto b1s = need_shape(b1, "b1", {E, R1});
+  auto w2bs = need_shape(w2b, "w2_blocks", {E, H, I / kMxfp4Block, kMxfp4BlockBytes});
+  auto w2ss = need_shape(w2s, "w2_scales", {E, H, I / kMxfp4Block});
+  auto b2s = need_shape(b2, "b2", {E, H});
+  need_shape(y, "y", {T, H});
+  if (k > E) throw py::value_error("moe: " + std::to_string(k) + " experts per token but only " + std::to_string(E) + " experts");
+  for (int i = 0; i < T * k; ++i)
+    if (idx.data()[i] < 0 || idx.data()[i] >= E)
+      throw py::value_error("moe: expert_idx value " + std::to_string(idx.data()[i]) + " (token " + std::to_string(i / k) +
+                            ") is outside [0, " + std::to_string(E) + ")");
+  py::array_t<float> out(dims({T, H}));
+  float* out_h = out.mutable_data();
+  run_on(device, [&](Call& c) -> Status {
+    MoEParams p;
+    p.T = T; p.E = E; p.k = k; p.H = H; p.I = I; p.ldx = H; p.ldy = H; p.x_type = c.act();
+    p.swiglu_alpha = alpha; p.swiglu_limit = limit;
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(x.data(), size_t(T) * H, "x", const_cast<void**>(&p.x)));
+    GPTOSS_RETURN_IF_ERROR(c.upload(idx.data(), size_t(T) * k, "expert_idx", const_cast<int32_t**>(&p.expert_idx)));
+    GPTOSS_RETURN_IF_ERROR(c.upload(ew.data(), size_t(T) * k, "expert_w", const_cast<float**>(&p.expert_w)));
+    GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::Mxfp4Blocks, w1b.data(), size_t(w1b.size()), w1bs, "w1_blocks", &p.w1_blocks));
+    GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::Mxfp4Scales, w1s.data(), size_t(w1s.size()), w1ss, "w1_scales", &p.w1_scales));
+    GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::VectorF32, b1.data(), size_t(b1.size()), b1s, "b1", &p.b1));
+    GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::Mxfp4Blocks, w2b.data(), size_t(w2b.size()), w2bs, "w2_blocks", &p.w2_blocks));
+    GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::Mxfp4Scales, w2s.data(), size_t(w2s.size()), w2ss, "w2_scales", &p.w2_scales));
+    GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::VectorF32, b2.data(), size_t(b2.size()), b2s, "b2", &p.b2));
+    GPTOSS_RETURN_IF_ERROR(c.upload(y.data(), size_t(T) * H, "y", &p.y));
+    GPTOSS_RETURN_IF_ERROR(c.backend().moe(p));
+    return c.download(out_h, p.y, size_t(T) * H);
+  });
+  return out;
+}
+
+py::tuple op_sample(const py::object& logits_o, const py::object& temp_o, const py::object& topk_o,
+                    const py::object& topp_o, const py::object& minp_o, const py::object& seed_o,
+                    const py::object& counter_o, const std::string& device) {
+  auto logits = f32_arg(logits_o, "logits");
+  auto ls = need_shape(logits, "logits", {-1, -1});
+  const int S = int(ls[0]), V = int(ls[1]);
+  // Scalars (Python numbers) are accepted for every per-sequence setting.
+  auto np_asarray = [](const py::object& o) { return py::module_::import("numpy").attr("asarray")(o); };
+  auto temp = per_seq(f32_arg(np_asarray(temp_o), "temperature"), S, "temperature");
+  auto topk = per_seq(i32_arg(np_asarray(topk_o), "top_k"), S, "top_k");
+  auto topp = per_seq(f32_arg(np_asarray(topp_o), "top_p"), S, "top_p");
+  auto minp = per_seq(f32_arg(np_asarray(minp_o), "min_p"), S, "min_p");
+  py::array seed_a = as_array(np_asarray(seed_o), "seed");
+  if (seed_a.dtype().kind() != 'u' && seed_a.dtype().kind() != 'i')
+    throw py::value_error("seed must be an integer (or an integer array), got dtype " + std::string(py::str(seed_a.dtype())));
+  if (seed_a.dtype().kind() == 'i') {
+    auto signed_seed = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(seed_a);
+    for (py::ssize_t i = 0; i < signed_seed.size(); ++i)
+      if (signed_seed.data()[i] < 0) throw py::value_error("seed must be >= 0");
+  }
+  auto seed = per_seq(py::array_t<uint64_t, py::array::c_style | py::array::forcecast>::ensure(seed_a), S, "seed");
+  py::array counter_a = as_array(np_asarray(counter_o), "counter");
+  if (counter_a.dtype().kind() != 'u' && counter_a.dtype().kind() != 'i')
+    throw py::value_error("counter must be an integer (or an integer array)");
+  auto counter = per_seq(py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(counter_a), S, "counter");
+  for (int s = 0; s < S; ++s)
+    if (counter.data()[s] < 0) throw py::value_error("counter must be >= 0");
+  std::vector<SamplingConfig> cfg(static_cast<size_t>(S));
+  for (int s = 0; s < S; ++s) {
+    cfg[s].temperature = temp.data()[s];
+    cfg[s].top_k = topk.data()[s];
+    cfg[s].top_p = topp.data()[s];
+    cfg[s].min_p = minp.data()[s];
+    cfg[s].seed = seed.data()[s];
+  }
+  py::array_t<int32_t> tok(dims({S}));
+  py::array_t<float> lp(dims({S}));
+  int32_t* tok_h = tok.mutable_data();
+  float* lp_h = lp.mutable_data();
+  run_on(device, [&](Call& c) -> Status {
+    SampleParams p;
+    p.S = S; p.V = V; p.ldl = V;
+    GPTOSS_RETURN_IF_ERROR(c.upload(logits.data(), size_t(S) * V, "logits", const_cast<float**>(&p.logits)));
+    GPTOSS_RETURN_IF_ERROR(c.upload(cfg.data(), cfg.size(), "sampling configs", const_cast<SamplingConfig**>(&p.cfg)));
+    GPTOSS_RETURN_IF_ERROR(c.upload(counter.data(), size_t(S), "counter", const_cast<int64_t**>(&p.counter)));
+    GPTOSS_RETURN_IF_ERROR(c.alloc(size_t(S), "out_token", &p.out_token));
+    GPTOSS_RETURN_IF_ERROR(c.alloc(size_t(S), "out_logprob", &p.out_logprob));
+    GPTOSS_RETURN_IF_ERROR(c.backend().sample(p));
+    GPTOSS_RETURN_IF_ERROR(c.download(tok_h, p.out_token, size_t(S)));
+    return c.download(lp_h, p.out_logprob, size_t(S));
+  });
+  return py::make_tuple(tok, lp);
+}
+
+}  // namespace
+
+void register_op_bindings(py::module_& m) {
+  py::module_ ops = m.def_submodule(
+      "ops",
+      "Per-op entry points over the Backend interface (tests, benchmarks). Activations are float32 "
+      "in and out; on a backend whose act_type is BF16 they are rounded to bf16 on upload. bf16 "
+      "weights are uint16 bit patterns; MXFP4 blocks/scales are uint8. device: 'cpu', 'cpu:THREADS', "
+      "'cuda' or 'cuda:INDEX'.");
+  ops.def("backend_info", &backend_info, py::arg("device") = "cpu",
+          "dict(name, act_type, device_name, host_memory) of the backend used for `device`.");
+  ops.def("embed", &op_embed, py::arg("ids"), py::arg("table"), py::arg("device") = "cpu",
+          "ids int[T], table uint16[V, H] (bf16 bits) -> float32[T, H] = table[ids].");
+  ops.def("rmsnorm", &op_rmsnorm, py::arg("x"), py::arg("w"), py::arg("rows") = py::none(), py::arg("eps") = 1e-5f,
+          py::arg("device") = "cpu",
+          "x float32[N, H] (residual), w float32[H], rows int[T] or None -> float32[T, H] "
+          "(act_type on the device).");
+  ops.def("dense", &op_dense, py::arg("x"), py::arg("w"), py::arg("bias") = py::none(), py::arg("y") = py::none(),
+          py::arg("f32_out") = false, py::arg("device") = "cpu",
+          "x float32[T, K] (act), w uint16[N, K] (bf16 bits), bias float32[N] or None. Returns "
+          "x @ w.T + bias as float32[T, N]; with y float32[T, N] (the residual) returns y + that. "
+          "The output is act_type on the device unless y is given or f32_out.");
+  ops.def("rope", &op_rope, py::arg("q"), py::arg("k"), py::arg("positions"), py::arg("cos"), py::arg("sin"),
+          py::arg("device") = "cpu",
+          "q float32[T, n_q*64], k float32[T, n_kv*64], positions int[T], cos/sin float32[P, 32] "
+          "-> (q, k) rotated (half-split pairing).");
+  ops.def("attention", &op_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("cache_k"),
+          py::arg("cache_v"), py::arg("seq_slot"), py::arg("seq_start"), py::arg("seq_lens"), py::arg("sinks"),
+          py::arg("window") = 0, py::arg("scale") = 0.125f, py::arg("device") = "cpu",
+          "q float32[T, n_q*64], k/v float32[T, n_kv*64] (this step), cache_k/cache_v "
+          "uint16[slots, n_kv, len, 64] (bf16 bits, position p at p % len), per sequence s "
+          "(tokens in order): seq_slot, seq_start (absolute position of its first token) and "
+          "seq_lens, sinks float32[n_q] -> float32[T, n_q*64].");
+  ops.def("kv_append", &op_kv_append, py::arg("k"), py::arg("v"), py::arg("cache_k"), py::arg("cache_v"),
+          py::arg("seq_slot"), py::arg("seq_start"), py::arg("seq_lens"), py::arg("device") = "cpu",
+          "Returns copies of (cache_k, cache_v) with this step's k/v written at pos % len.");
+  ops.def("router_topk", &op_router_topk, py::arg("logits"), py::arg("k"), py::arg("device") = "cpu",
+          "logits float32[T, E] -> (int32[T, k] experts sorted by logit, ties lower index first; "
+          "float32[T, k] softmax over those k logits).");
+  ops.def("moe", &op_moe, py::arg("x"), py::arg("expert_idx"), py::arg("expert_w"), py::arg("w1_blocks"),
+          py::arg("w1_scales"), py::arg("b1"), py::arg("w2_blocks"), py::arg("w2_scales"), py::arg("b2"),
+          py::arg("y"), py::arg("swiglu_alpha") = 1.702f, py::arg("swiglu_limit") = 7.0f, py::arg("device") = "cpu",
+          "x float32[T, H] (act), expert_idx int[T, k], expert_w float32[T, k], w1_blocks "
+          "uint8[E, 2I, H/32, 16], w1_scales uint8[E, 2I, H/32], b1 float32[E, 2I], w2_blocks "
+          "uint8[E, H, I/32, 16], w2_scales uint8[E, H, I/32], b2 float32[E, H], y float32[T, H] "
+          "(residual) -> y + MoE(x) as float32[T, H].");
+  ops.def("sample", &op_sample, py::arg("logits"), py::arg("temperature"), py::arg("top_k") = 0,
+          py::arg("top_p") = 1.0f, py::arg("min_p") = 0.0f, py::arg("seed") = 0, py::arg("counter") = 0,
+          py::arg("device") = "cpu",
+          "logits float32[S, V]; temperature, top_k, top_p, min_p, seed, counter: scalars or [S] "
+          "arrays -> (int32[S] tokens, float32[S] log_softmax(logits)[token]).");
+}
+
+}  // namespace gptoss
