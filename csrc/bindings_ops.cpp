@@ -492,8 +492,8 @@ py::array_t<float> op_attention(const py::object& q_o, const py::object& k_o, co
     GPTOSS_RETURN_IF_ERROR(c.upload_act(k.data(), size_t(T) * p.ldkv, "k", const_cast<void**>(&p.k)));
     GPTOSS_RETURN_IF_ERROR(c.upload_act(v.data(), size_t(T) * p.ldkv, "v", const_cast<void**>(&p.v)));
     const size_t cache_n = size_t(cache.k.size());
-    GPTOSS_RETURN_IF_ERROR(c.upload(cache.k.data(), cache_n, "cache_k", &p.cache.k));
-    GPTOSS_RETURN_IF_ERROR(c.upload(cache.v.data(), cache_n, "cache_v", &p.cache.v));
+    GPTOSS_RETURN_IF_ERROR(c.upload(cache.k.data(), cache_n, "cache_k", reinterpret_cast<uint16_t**>(&p.cache.k)));
+    GPTOSS_RETURN_IF_ERROR(c.upload(cache.v.data(), cache_n, "cache_v", reinterpret_cast<uint16_t**>(&p.cache.v)));
     p.cache.slots = cache.slots; p.cache.n_kv = nkv; p.cache.len = cache.len;
     GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::VectorF32, sinks.data(), size_t(nq), ss, "sinks", &p.sinks));
     GPTOSS_RETURN_IF_ERROR(c.alloc_act(size_t(T) * p.ldo, "out", &p.out));
@@ -524,12 +524,12 @@ py::tuple op_kv_append(const py::object& k_o, const py::object& v_o, const py::o
     GPTOSS_RETURN_IF_ERROR(c.upload_act(k.data(), size_t(T) * p.ldkv, "k", const_cast<void**>(&p.k)));
     GPTOSS_RETURN_IF_ERROR(c.upload_act(v.data(), size_t(T) * p.ldkv, "v", const_cast<void**>(&p.v)));
     const size_t cache_n = size_t(cache.k.size());
-    GPTOSS_RETURN_IF_ERROR(c.upload(cache.k.data(), cache_n, "cache_k", &p.cache.k));
-    GPTOSS_RETURN_IF_ERROR(c.upload(cache.v.data(), cache_n, "cache_v", &p.cache.v));
+    GPTOSS_RETURN_IF_ERROR(c.upload(cache.k.data(), cache_n, "cache_k", reinterpret_cast<uint16_t**>(&p.cache.k)));
+    GPTOSS_RETURN_IF_ERROR(c.upload(cache.v.data(), cache_n, "cache_v", reinterpret_cast<uint16_t**>(&p.cache.v)));
     p.cache.slots = cache.slots; p.cache.n_kv = cache.n_kv; p.cache.len = cache.len;
     GPTOSS_RETURN_IF_ERROR(c.backend().kv_append(p));
-    GPTOSS_RETURN_IF_ERROR(c.download(ko_h, p.cache.k, cache_n));
-    return c.download(vo_h, p.cache.v, cache_n);
+    GPTOSS_RETURN_IF_ERROR(c.download(ko_h, static_cast<const uint16_t*>(p.cache.k), cache_n));
+    return c.download(vo_h, static_cast<const uint16_t*>(p.cache.v), cache_n);
   });
   return py::make_tuple(ko, vo);
 }

@@ -27,6 +27,9 @@ Status cpu_attention(CpuContext& c, const AttentionParams& p) {
   const KVCacheView& cache = p.cache;
   if (!cache.k || !cache.v || cache.slots < 1 || cache.len < 1 || cache.n_kv != p.n_kv)
     return invalid("attention: cache must be set, with slots >= 1, len >= 1 and n_kv = " + std::to_string(p.n_kv));
+  if (cache.type != DType::BF16) return make_error(StatusCode::Unsupported, std::string("attention: the cpu cache must be BF16, got ") + dtype_name(cache.type));
+  const bf16_t* cache_k = static_cast<const bf16_t*>(cache.k);
+  const bf16_t* cache_v = static_cast<const bf16_t*>(cache.v);
   GPTOSS_RETURN_IF_ERROR(check_batch(b, cache.slots, "attention"));
   if (p.n_q < 1 || p.n_kv < 1 || p.n_q % p.n_kv != 0)
     return invalid("attention: n_q must be a positive multiple of n_kv (n_q=" + std::to_string(p.n_q) +
@@ -82,8 +85,8 @@ Status cpu_attention(CpuContext& c, const AttentionParams& p) {
           const int j = j0 + jj;
           if (j < start) {
             const size_t off = (cache_base + size_t(j % cache.len)) * kHeadDim;
-            kp[jj] = cache.k + off;
-            vp[jj] = cache.v + off;
+            kp[jj] = cache_k + off;
+            vp[jj] = cache_v + off;
           } else {
             const size_t off = size_t(tok0 + j - start) * row + size_t(g) * kHeadDim;
             kp[jj] = kb + off;

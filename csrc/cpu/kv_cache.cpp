@@ -14,6 +14,9 @@ Status cpu_kv_append(CpuContext& c, const KVAppendParams& p) {
     return invalid("kv_append: cache must be set, with slots, len and n_kv >= 1");
   GPTOSS_RETURN_IF_ERROR(check_batch(b, cache.slots, "kv_append"));
   if (!p.k || !p.v) return invalid("kv_append: k and v must be set");
+  if (cache.type != DType::BF16) return make_error(StatusCode::Unsupported, std::string("kv_append: the cpu cache must be BF16, got ") + dtype_name(cache.type));
+  bf16_t* cache_k = static_cast<bf16_t*>(cache.k);
+  bf16_t* cache_v = static_cast<bf16_t*>(cache.v);
   if (p.ldkv < cache.n_kv * kHeadDim) return invalid("kv_append: ldkv must be >= n_kv*64");
   const float* k = static_cast<const float*>(p.k);
   const float* v = static_cast<const float*>(p.v);
@@ -27,8 +30,8 @@ Status cpu_kv_append(CpuContext& c, const KVAppendParams& p) {
         const size_t dst = ((size_t(b.seq_slot[s]) * cache.n_kv + g) * cache.len + idx) * kHeadDim;
         const size_t src = size_t(t) * p.ldkv + size_t(g) * kHeadDim;
         for (int d = 0; d < kHeadDim; ++d) {
-          cache.k[dst + d] = f32_to_bf16(k[src + d]);
-          cache.v[dst + d] = f32_to_bf16(v[src + d]);
+          cache_k[dst + d] = f32_to_bf16(k[src + d]);
+          cache_v[dst + d] = f32_to_bf16(v[src + d]);
         }
       }
     }

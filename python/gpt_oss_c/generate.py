@@ -139,7 +139,9 @@ class TextStream:
         self.stopped = False
 
     def push(self, token_id: int) -> str:
-        """Adds one token; returns the text that is now safe to show."""
+        """Adds one token; returns the text that is now safe to show ("" once a stop string appeared)."""
+        if self.stopped:
+            return ""
         self.text += self._decoder.decode(self._tok.decode_bytes([token_id]))
         if self._stops:
             cut = min((i for i in (self.text.find(s) for s in self._stops) if i >= 0), default=-1)
