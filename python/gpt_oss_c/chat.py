@@ -714,26 +714,12 @@ def chat(
     as it is sampled, tagged with its channel) and ToolCall (as each call completes) events whose
     last item is the ChatResult. Closing the iterator early stops generation.
 
-    Invalid messages raise ValueError at once, also when streaming; invalid sampling arguments
-    raise ValueError from the generator (when streaming, on the first next()). Malformed model
-    output never raises (finish_reason "malformed")."""
+    Invalid messages or sampling arguments, and a prompt longer than the model's context, raise
+    ValueError at the call, also when streaming. Malformed model output never raises
+    (finish_reason "malformed")."""
     prompt = render_chat(messages, reasoning_effort, tools, current_date, model.tokenizer)
-    events = _chat_events(model, prompt, max_new_tokens, temperature, top_p, top_k, min_p, seed)
-    if stream:
-        return events
-    result = None
-    for result in events:
-        pass
-    assert isinstance(result, ChatResult)
-    return result
-
-
-def _chat_events(model, prompt, max_new_tokens, temperature, top_p, top_k, min_p, seed) -> Iterator[ChatEvent]:
-    parser = CompletionParser(model.tokenizer)
-    t0 = time.perf_counter()
-    t_first = t_last = None
-    stop = None
-    gen = model.generate_ids(
+    # generate_ids validates its arguments when called; generation itself starts on the first next().
+    tokens = model.generate_ids(
         prompt,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -743,8 +729,23 @@ def _chat_events(model, prompt, max_new_tokens, temperature, top_p, top_k, min_p
         seed=seed,
         stop_token_ids=ASSISTANT_STOP_TOKENS,
     )
+    events = _chat_events(model.tokenizer, len(prompt), tokens)
+    if stream:
+        return events
+    result = None
+    for result in events:
+        pass
+    assert isinstance(result, ChatResult)
+    return result
+
+
+def _chat_events(tokenizer: Tokenizer, prompt_tokens: int, tokens: Iterator[tuple[int, float]]) -> Iterator[ChatEvent]:
+    parser = CompletionParser(tokenizer)
+    t0 = time.perf_counter()
+    t_first = t_last = None
+    stop = None
     try:
-        for token, _logprob in gen:
+        for token, _logprob in tokens:
             token = int(token)
             t_last = time.perf_counter()
             if t_first is None:
@@ -754,10 +755,10 @@ def _chat_events(model, prompt, max_new_tokens, temperature, top_p, top_k, min_p
                 break
             yield from parser.feed(token)
     finally:
-        close = getattr(gen, "close", None)
+        close = getattr(tokens, "close", None)
         if close is not None:
-            close()
+            close()  # frees the model's sequence slot when the consumer stops early
     yield from parser.finish(stop)
     prefill = (t_first - t0) if t_first is not None else 0.0
     decode = (t_last - t_first) if t_first is not None else 0.0
-    yield parser.result(len(prompt), prefill, decode)
+    yield parser.result(prompt_tokens, prefill, decode)
