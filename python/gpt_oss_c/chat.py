@@ -12,6 +12,28 @@ Public API:
   :class:`ChatResult`, or with ``stream=True`` an iterator of :class:`ChatDelta` /
   :class:`ToolCall` events whose last item is the :class:`ChatResult`.
 * :func:`parse_completion` / :class:`CompletionParser` -- the parsing half alone, for token lists.
+* :func:`harmony_messages` -- the validated harmony Messages that render_chat renders.
+
+A tool loop::
+
+    messages = [{"role": "user", "content": "Weather in Oslo?"}]
+    while True:
+        r = model.chat(messages, tools=TOOLS)
+        messages.append(r.to_message())
+        if r.finish_reason != "tool_calls":
+            break
+        for call in r.tool_calls:
+            messages.append({"role": "tool", "tool_call_id": call.id, "name": call.name,
+                             "content": run_tool(call.name, call.arguments)})
+    print(r.content)
+
+Streaming::
+
+    for ev in model.chat(messages, stream=True):
+        if isinstance(ev, ChatDelta):      # ev.channel: "analysis" | "final" | "commentary" | None
+            print(ev.text, end="")
+        elif isinstance(ev, ToolCall): ...
+        else: result = ev                  # the ChatResult, always last
 
 Messages use the OpenAI chat shape (dicts)::
 
@@ -44,7 +66,7 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping, Sequence, Union
 
 from openai_harmony import (
@@ -80,6 +102,7 @@ __all__ = [
     "Usage",
     "chat",
     "harmony_encoding",
+    "harmony_messages",
     "parse_completion",
     "render_chat",
 ]
@@ -303,12 +326,20 @@ def _tool_descriptions(tools: Any) -> list[ToolDescription]:
     out, seen = [], set()
     for i, tool in enumerate(tools):
         w = f"tools[{i}]"
-        if not isinstance(tool, Mapping) or tool.get("type") != "function" or not isinstance(tool.get("function"), Mapping):
-            raise ValueError(f"{w} must be {{'type': 'function', 'function': {{'name', 'description', 'parameters'}}}}, got {tool!r}")
+        if (
+            not isinstance(tool, Mapping)
+            or tool.get("type") != "function"
+            or not isinstance(tool.get("function"), Mapping)
+        ):
+            raise ValueError(
+                f"{w} must be {{'type': 'function', 'function': {{'name', 'description', 'parameters'}}}}, got {tool!r}"
+            )
         fn = tool["function"]
         extra = set(fn) - {"name", "description", "parameters", "strict"}
         if extra:
-            raise ValueError(f"{w}.function has unsupported keys {sorted(extra)}; expected name, description, parameters")
+            raise ValueError(
+                f"{w}.function has unsupported keys {sorted(extra)}; expected name, description, parameters"
+            )
         name = fn.get("name")
         if not isinstance(name, str) or not _FUNCTION_NAME.fullmatch(name):
             raise ValueError(f"{w}.function.name must be 1-64 characters of A-Z a-z 0-9 _ -, got {name!r}")
@@ -368,7 +399,7 @@ def harmony_messages(
         raise ValueError("messages is empty: give at least one message")
 
     # Pass 1: validate each message on its own.
-    parsed = []  # (role, text or None, reasoning or None, calls, tool fields)
+    parsed = []  # (role, text or None, reasoning or None, [(call id, name, arguments)])
     for i, msg in enumerate(messages):
         w = f"messages[{i}]"
         if not isinstance(msg, Mapping):
@@ -415,13 +446,18 @@ def harmony_messages(
         if role == "tool":
             call_id, name = messages[i]["tool_call_id"], messages[i]["name"]
             if call_id not in pending:
-                raise ValueError(f"{w} answers tool_call_id {call_id!r}, which is no unanswered tool call of the assistant message before it")
+                raise ValueError(
+                    f"{w} answers tool_call_id {call_id!r}, which is no unanswered tool call of the "
+                    "assistant message before it"
+                )
             if pending[call_id] != name:
                 raise ValueError(f"{w} has name {name!r} but tool call {call_id!r} called {pending[call_id]!r}")
             del pending[call_id]
             continue
         if pending:
-            raise ValueError(f"{w}: tool calls {sorted(pending)} have no tool result (add role 'tool' messages after the call)")
+            raise ValueError(
+                f"{w}: tool calls {sorted(pending)} have no tool result (add role 'tool' messages after the call)"
+            )
         if role == "assistant":
             for call_id, name, _ in calls:
                 if call_id in pending:
@@ -449,7 +485,9 @@ def harmony_messages(
             out.append(Message.from_role_and_content(Role.USER, text))
         elif role == "tool":
             author = Author.new(Role.TOOL, _FUNCTIONS_PREFIX + messages[i]["name"])
-            out.append(Message.from_author_and_content(author, text).with_channel("commentary").with_recipient("assistant"))
+            out.append(
+                Message.from_author_and_content(author, text).with_channel("commentary").with_recipient("assistant")
+            )
         else:
             if reasoning and i > last_final:
                 out.append(_assistant(reasoning).with_channel("analysis"))
@@ -522,12 +560,12 @@ class CompletionParser:
         self._open: _Open | None = None
         self._n_messages = 0
         self._raw: Any = None  # an incremental UTF-8 decoder once the output is malformed
-        self.reasoning: list[str] = []
-        self.content: list[str] = []
-        self.tool_calls: list[ToolCall] = []
+        self._reasoning: list[str] = []
+        self._content: list[str] = []
+        self._tool_calls: list[ToolCall] = []
         self.error: str | None = None
-        self.n_tokens = 0
-        self.stop_token: int | None = None
+        self._n_tokens = 0
+        self._stop_token: int | None = None
         self.finished = False
 
     def feed(self, token: int) -> list[ChatDelta | ToolCall]:
@@ -535,7 +573,7 @@ class CompletionParser:
         if self.finished:
             raise ValueError("CompletionParser.feed() after finish()")
         token = self._check(token)
-        self.n_tokens += 1
+        self._n_tokens += 1
         if self.error is not None:
             return self._raw_text([token])
         self._pending.append(token)
@@ -574,7 +612,7 @@ class CompletionParser:
         if self.error is None and self._open is not None and stop_token is not None:
             events += self.feed(stop_token)  # ends the open message (and counts the token)
         else:
-            self.n_tokens += stop_token is not None
+            self._n_tokens += stop_token is not None
             if self.error is None and self._open is not None:
                 try:
                     self._parser.process_eos()  # emits the message cut off by length
@@ -586,9 +624,9 @@ class CompletionParser:
         if self._raw is not None:
             tail = self._raw.decode(b"", final=True)
             if tail:
-                self.content.append(tail)
+                self._content.append(tail)
                 events.append(ChatDelta(None, tail))
-        self.stop_token = stop_token
+        self._stop_token = stop_token
         self.finished = True
         return events
 
@@ -598,18 +636,18 @@ class CompletionParser:
             raise ValueError("CompletionParser.result() before finish()")
         if self.error is not None:
             reason: FinishReason = "malformed"
-        elif self.stop_token is None:
+        elif self._stop_token is None:
             reason = "length"
-        elif self.tool_calls:
+        elif self._tool_calls:
             reason = "tool_calls"
         else:
             reason = "stop"
         return ChatResult(
-            reasoning="".join(self.reasoning),
-            content="".join(self.content),
-            tool_calls=list(self.tool_calls),
+            reasoning="".join(self._reasoning),
+            content="".join(self._content),
+            tool_calls=list(self._tool_calls),
             finish_reason=reason,
-            usage=Usage(prompt_tokens, self.n_tokens, prefill_s, decode_s),
+            usage=Usage(prompt_tokens, self._n_tokens, prefill_s, decode_s),
             parse_error=self.error,
         )
 
@@ -632,7 +670,7 @@ class CompletionParser:
     def _emit(self, text: str) -> list[ChatDelta]:
         assert self._open is not None
         self._open.streamed += text
-        (self.reasoning if self._open.channel == "analysis" else self.content).append(text)
+        (self._reasoning if self._open.channel == "analysis" else self._content).append(text)
         return [ChatDelta(self._open.channel, text)]
 
     def _close(self) -> list[ChatDelta | ToolCall]:
@@ -647,12 +685,12 @@ class CompletionParser:
             if self._is_call(self._open):
                 name = self._open.recipient or ""
                 if name.startswith(_FUNCTIONS_PREFIX):
-                    name = name[len(_FUNCTIONS_PREFIX):]
+                    name = name[len(_FUNCTIONS_PREFIX) :]
                 call = ToolCall(f"call_{uuid.uuid4().hex[:24]}", name, text)
-                self.tool_calls.append(call)
+                self._tool_calls.append(call)
                 events.append(call)
             elif text.startswith(self._open.streamed) and len(text) > len(self._open.streamed):
-                events += self._emit(text[len(self._open.streamed):])
+                events += self._emit(text[len(self._open.streamed) :])
         self._n_messages = len(messages)
         self._open = None
         self._pending = []
@@ -670,11 +708,13 @@ class CompletionParser:
         text = self._raw.decode(self._tok.decode_bytes(tokens))
         if not text:
             return []
-        self.content.append(text)
+        self._content.append(text)
         return [ChatDelta(None, text)]
 
 
-def parse_completion(token_ids: Iterable[int], tokenizer: Tokenizer | None = None, prompt_tokens: int = 0) -> ChatResult:
+def parse_completion(
+    token_ids: Iterable[int], tokenizer: Tokenizer | None = None, prompt_tokens: int = 0
+) -> ChatResult:
     """Parses a whole completion (the sampled tokens only, never the prompt). If the last token is
     <|return|> or <|call|> it is the stop token; otherwise generation is taken to have stopped for
     length. Never raises for malformed output; raises ValueError for ids outside the vocabulary."""

@@ -94,8 +94,10 @@ class _Printer:
     def finish(self, r: ChatResult) -> None:
         u = r.usage
         reason = f"malformed output: {r.parse_error}" if r.finish_reason == "malformed" else r.finish_reason
-        self.note(f"[{u.completion_tokens} tokens (prompt {u.prompt_tokens}), {u.decode_tokens_per_s:.1f} tok/s, "
-                  f"prefill {u.prefill_s:.2f} s, {reason}]")
+        self.note(
+            f"[{u.completion_tokens} tokens (prompt {u.prompt_tokens}), {u.decode_tokens_per_s:.1f} tok/s, "
+            f"prefill {u.prefill_s:.2f} s, {reason}]"
+        )
 
 
 class _Session:
@@ -141,9 +143,18 @@ class _Session:
         printer = _Printer(self.out, self.color)
         a = self.args
         try:
-            events = chat(self.model, messages, reasoning_effort=self.effort, max_new_tokens=a.max_new_tokens,
-                          temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p, seed=a.seed,
-                          stream=True)
+            events = chat(
+                self.model,
+                messages,
+                reasoning_effort=self.effort,
+                max_new_tokens=a.max_new_tokens,
+                temperature=a.temperature,
+                top_p=a.top_p,
+                top_k=a.top_k,
+                min_p=a.min_p,
+                seed=a.seed,
+                stream=True,
+            )
             result = None
             try:
                 for ev in events:
@@ -192,8 +203,11 @@ def run_chat(args: argparse.Namespace) -> int:
     if path is None:
         from .cli import demo_model_path  # imported here: cli imports this module
 
-        print("note: no --model given; using a tiny demo model with RANDOM weights, so its answers are "
-              "gibberish (and rarely valid harmony). Pass --model DIR for a real gpt-oss checkpoint.", file=sys.stderr)
+        print(
+            "note: no --model given; using a tiny demo model with RANDOM weights, so its answers are "
+            "gibberish (and rarely valid harmony). Pass --model DIR for a real gpt-oss checkpoint.",
+            file=sys.stderr,
+        )
         path = demo_model_path()
     model = gpt_oss_c.load(path, device=args.device, max_context=args.max_context)
 

@@ -21,8 +21,16 @@ from gpt_oss_c.testing import write_synthetic_checkpoint
 
 DATE = "2025-08-05"
 MESSAGES = [{"role": "system", "content": "Answer concisely."}, {"role": "user", "content": "What is 2 + 2?"}]
-TOOLS = [{"type": "function", "function": {"name": "add", "description": "Adds.",
-                                           "parameters": {"type": "object", "properties": {"a": {"type": "number"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "add",
+            "description": "Adds.",
+            "parameters": {"type": "object", "properties": {"a": {"type": "number"}}},
+        },
+    }
+]
 FINISH = {"stop", "tool_calls", "length", "malformed"}
 
 
@@ -114,12 +122,20 @@ def test_context_limits(ckpt):
 # The REPL through a pipe
 # ---------------------------------------------------------------------------------------------
 
-STATS = re.compile(r"^\[(\d+) tokens \(prompt (\d+)\), [\d.]+ tok/s, prefill [\d.]+ s, (stop|tool_calls|length|malformed)", re.M)
+STATS = re.compile(
+    r"^\[(\d+) tokens \(prompt (\d+)\), [\d.]+ tok/s, prefill [\d.]+ s, (stop|tool_calls|length|malformed)", re.M
+)
 
 
 def run_cli(args, stdin, env=None):
-    return subprocess.run([sys.executable, "-m", "gpt_oss_c.cli", "chat", *args], input=stdin, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "gpt_oss_c.cli", "chat", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_cli_pipe_answers_each_line_and_exits(ckpt):

@@ -11,7 +11,15 @@ import random
 
 import pytest
 
-from gpt_oss_c.chat import MAX_HEADER_TOKENS, ChatDelta, ChatResult, CompletionParser, ToolCall, parse_completion, render_chat
+from gpt_oss_c.chat import (
+    MAX_HEADER_TOKENS,
+    ChatDelta,
+    ChatResult,
+    CompletionParser,
+    ToolCall,
+    parse_completion,
+    render_chat,
+)
 from gpt_oss_c.tokenizer import CALL, CHANNEL, END, MESSAGE, N_VOCAB, RETURN, START, get_tokenizer
 
 
@@ -49,14 +57,27 @@ def stream(tok, ids):
 def _with_ids_of(a: ChatResult, b: ChatResult) -> ChatResult:
     """a with b's tool call ids (ids are random), for comparing two parses of the same tokens."""
     calls = [ToolCall(cb.id, ca.name, ca.arguments) for ca, cb in zip(a.tool_calls, b.tool_calls)]
-    return ChatResult(a.reasoning, a.content, calls + a.tool_calls[len(calls):], a.finish_reason, a.usage, a.parse_error)
+    return ChatResult(
+        a.reasoning, a.content, calls + a.tool_calls[len(calls) :], a.finish_reason, a.usage, a.parse_error
+    )
 
 
 def test_analysis_then_final(tok):
     ids = [200005, 35644, 200008, 17958, 81645, 13, 200007, 200006, 173781, 200005, 17196, 200008, 19, 200002]
     events, r = stream(tok, ids)
-    assert (r.reasoning, r.content, r.tool_calls, r.finish_reason, r.parse_error) == ("Simple arithmetic.", "4", [], "stop", None)
-    assert [(e.channel, e.text) for e in events] == [("analysis", "Simple"), ("analysis", " arithmetic"), ("analysis", "."), ("final", "4")]
+    assert (r.reasoning, r.content, r.tool_calls, r.finish_reason, r.parse_error) == (
+        "Simple arithmetic.",
+        "4",
+        [],
+        "stop",
+        None,
+    )
+    assert [(e.channel, e.text) for e in events] == [
+        ("analysis", "Simple"),
+        ("analysis", " arithmetic"),
+        ("analysis", "."),
+        ("final", "4"),
+    ]
     assert r.to_message() == {"role": "assistant", "content": "4", "reasoning": "Simple arithmetic."}
 
 
@@ -73,7 +94,11 @@ def test_commentary_tool_call_with_constrain_json(tok):
     assert call.id.startswith("call_") and len(call.id) == 29
     # Arguments are not streamed as text; the call arrives once, when its message completes.
     assert isinstance(events[-1], ToolCall) and all(e.channel == "analysis" for e in events[:-1])
-    assert call.to_openai() == {"id": call.id, "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    assert call.to_openai() == {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+    }
     msg = r.to_message()
     assert msg == {"role": "assistant", "content": None, "tool_calls": [call.to_openai()], "reasoning": "Need weather."}
 
@@ -119,7 +144,11 @@ def test_parsed_tool_call_renders_back(tok):
     ids = ids_of(tok, "<|channel|>commentary to=functions.f <|constrain|>json<|message|>{}<|call|>")
     r = parse_completion(ids, tok)
     c = r.tool_calls[0]
-    msgs = [{"role": "user", "content": "go"}, r.to_message(), {"role": "tool", "tool_call_id": c.id, "name": "f", "content": "ok"}]
+    msgs = [
+        {"role": "user", "content": "go"},
+        r.to_message(),
+        {"role": "tool", "tool_call_id": c.id, "name": "f", "content": "ok"},
+    ]
     text = tok.decode(render_chat(msgs, current_date="2025-01-01"))
     assert text.endswith(
         "<|start|>assistant to=functions.f<|channel|>commentary <|constrain|>json<|message|>{}<|call|>"
@@ -128,7 +157,9 @@ def test_parsed_tool_call_renders_back(tok):
 
 
 def test_cut_off_mid_final(tok):
-    ids = ids_of(tok, "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>The answer is")
+    ids = ids_of(
+        tok, "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>The answer is"
+    )
     _, r = stream(tok, ids)
     assert (r.reasoning, r.content, r.finish_reason, r.parse_error) == ("Think.", "The answer is", "length", None)
 
@@ -199,7 +230,10 @@ def test_garbage_after_end(tok):
 
 
 def test_header_with_extra_words(tok):
-    ids = ids_of(tok, "<|channel|>final<|message|>A<|end|><|start|>assistant to=x json extra<|channel|>final<|message|>B<|return|>")
+    ids = ids_of(
+        tok,
+        "<|channel|>final<|message|>A<|end|><|start|>assistant to=x json extra<|channel|>final<|message|>B<|return|>",
+    )
     _, r = stream(tok, ids)
     assert r.finish_reason == "malformed" and "unexpected tokens remaining" in r.parse_error
     # The broken message passes through verbatim, specials as their text.
@@ -256,8 +290,17 @@ def test_random_tokens_never_raise(tok, seed):
 def test_random_harmony_shaped_tokens_never_raise(tok):
     # Well-formed fragments shuffled: closer to what a half-trained model emits.
     pieces = [
-        [START], ids_of(tok, "assistant"), [CHANNEL], ids_of(tok, "analysis"), ids_of(tok, "final"),
-        ids_of(tok, " to=functions.f"), [200003], ids_of(tok, "json"), [MESSAGE], ids_of(tok, "text"), [END],
+        [START],
+        ids_of(tok, "assistant"),
+        [CHANNEL],
+        ids_of(tok, "analysis"),
+        ids_of(tok, "final"),
+        ids_of(tok, " to=functions.f"),
+        [200003],
+        ids_of(tok, "json"),
+        [MESSAGE],
+        ids_of(tok, "text"),
+        [END],
     ]
     rng = random.Random(7)
     for _ in range(300):

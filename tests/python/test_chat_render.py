@@ -117,7 +117,9 @@ H_TOOLS = [
 
 def test_system_and_user(enc):
     # An OpenAI "system" message becomes the harmony developer message's instructions.
-    ours = render_chat([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}], current_date=DATE)
+    ours = render_chat(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}], current_date=DATE
+    )
     assert ours == h_render(enc, [h_system(), h_developer("Be brief."), h_user("Hi there")])
 
 
@@ -139,13 +141,17 @@ def test_system_and_developer_joined_in_order(enc):
         {"role": "developer", "content": [{"type": "text", "text": "Rule "}, {"type": "text", "text": "two."}]},
         {"role": "user", "content": "Go"},
     ]
-    assert render_chat(msgs, current_date=DATE) == h_render(enc, [h_system(), h_developer("Rule one.\n\nRule two."), h_user("Go")])
+    assert render_chat(msgs, current_date=DATE) == h_render(
+        enc, [h_system(), h_developer("Rule one.\n\nRule two."), h_user("Go")]
+    )
 
 
 def test_tools(enc):
     msgs = [{"role": "developer", "content": "Use a friendly tone."}, {"role": "user", "content": "Weather in SF?"}]
     ours = render_chat(msgs, "high", tools=TOOLS, current_date=DATE)
-    assert ours == h_render(enc, [h_system("high"), h_developer("Use a friendly tone.", H_TOOLS), h_user("Weather in SF?")])
+    assert ours == h_render(
+        enc, [h_system("high"), h_developer("Use a friendly tone.", H_TOOLS), h_user("Weather in SF?")]
+    )
 
 
 def test_tools_without_instructions(enc):
@@ -168,7 +174,13 @@ def test_multi_turn_drops_reasoning_of_finished_turn(enc):
         {"role": "assistant", "reasoning": "Simple arithmetic.", "content": "4"},
         {"role": "user", "content": "And 3 + 3?"},
     ]
-    h = [h_system(), h_user("What is 2 + 2?"), h_asst("Simple arithmetic.", "analysis"), h_asst("4", "final"), h_user("And 3 + 3?")]
+    h = [
+        h_system(),
+        h_user("What is 2 + 2?"),
+        h_asst("Simple arithmetic.", "analysis"),
+        h_asst("4", "final"),
+        h_user("And 3 + 3?"),
+    ]
     assert render_chat(msgs, current_date=DATE) == h_render(enc, h)
 
 
@@ -195,7 +207,9 @@ def test_tool_call_then_result_keeps_pending_reasoning(enc):
             "role": "assistant",
             "reasoning": "Need to call get_current_weather.",
             "content": None,
-            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_current_weather", "arguments": args}}],
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_current_weather", "arguments": args}}
+            ],
         },
         {"role": "tool", "tool_call_id": "call_1", "name": "get_current_weather", "content": '{"sunny": true}'},
     ]
@@ -221,7 +235,11 @@ def test_preamble_and_parallel_calls_then_final_then_new_turn(enc):
             "content": "Let me check.",
             "tool_calls": [
                 {"id": "a", "type": "function", "function": {"name": "get_location", "arguments": "{}"}},
-                {"id": "b", "type": "function", "function": {"name": "get_current_weather", "arguments": '{"location":"here"}'}},
+                {
+                    "id": "b",
+                    "type": "function",
+                    "function": {"name": "get_current_weather", "arguments": '{"location":"here"}'},
+                },
             ],
         },
         {"role": "tool", "tool_call_id": "b", "name": "get_current_weather", "content": "sunny"},
@@ -282,7 +300,9 @@ def test_example_a(tok):
     result = parse_completion(completion, tok)
     assert (result.reasoning, result.content, result.finish_reason) == ("Simple arithmetic.", "4", "stop")
 
-    nxt = render_chat(msgs + [result.to_message(), {"role": "user", "content": "And 3 + 3?"}], "low", current_date="2025-08-05")
+    nxt = render_chat(
+        msgs + [result.to_message(), {"role": "user", "content": "And 3 + 3?"}], "low", current_date="2025-08-05"
+    )
     text = tok.decode(nxt)
     assert text.endswith(EXAMPLE_A_NEXT)
     assert "Simple arithmetic." not in text and "<|return|>" not in text
@@ -337,7 +357,10 @@ EXAMPLE_B_NEXT_TAIL = (
 
 
 def test_example_b(tok):
-    msgs = [{"role": "developer", "content": "Use a friendly tone."}, {"role": "user", "content": "What is the weather like in SF?"}]
+    msgs = [
+        {"role": "developer", "content": "Use a friendly tone."},
+        {"role": "user", "content": "What is the weather like in SF?"},
+    ]
     ids = render_chat(msgs, "high", tools=TOOLS, current_date="2025-06-28")
     assert tok.decode(ids) == EXAMPLE_B_PROMPT
     assert ids[-2:] == [200006, 173781]
@@ -351,10 +374,17 @@ def test_example_b(tok):
     assert result.finish_reason == "tool_calls"
     assert result.reasoning == "Need to call get_current_weather."
     assert result.content == ""
-    assert [(c.name, c.arguments) for c in result.tool_calls] == [("get_current_weather", '{"location":"San Francisco, CA"}')]
+    assert [(c.name, c.arguments) for c in result.tool_calls] == [
+        ("get_current_weather", '{"location":"San Francisco, CA"}')
+    ]
 
     call = result.tool_calls[0]
-    tool_msg = {"role": "tool", "tool_call_id": call.id, "name": call.name, "content": '{"sunny": true, "temperature": 20}'}
+    tool_msg = {
+        "role": "tool",
+        "tool_call_id": call.id,
+        "name": call.name,
+        "content": '{"sunny": true, "temperature": 20}',
+    }
     nxt = render_chat(msgs + [result.to_message(), tool_msg], "high", tools=TOOLS, current_date="2025-06-28")
     assert tok.decode(nxt).endswith(EXAMPLE_B_NEXT_TAIL)
 
@@ -380,27 +410,73 @@ CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "
         ([{"role": "user", "content": [{"type": "image_url", "image_url": "u"}]}], {}, "only text parts"),
         ([{"role": "user", "content": "x", "reasonning": "y"}], {}, "unsupported keys"),
         ([{"role": "user", "content": "x"}, {"role": "assistant"}], {}, r"missing content \(or tool_calls\)"),
-        ([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "reasoning": 5}], {}, "reasoning must be a str"),
+        (
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "reasoning": 5}],
+            {},
+            "reasoning must be a str",
+        ),
         ([{"role": "user", "content": "x"}, {"role": "system", "content": "late"}], {}, "must come before"),
         ([{"role": "assistant", "tool_calls": []}], {}, "non-empty list"),
-        ([{"role": "assistant", "tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": {}}}]}], {}, "arguments must be a str"),
-        ([{"role": "assistant", "tool_calls": [{"id": "c1", "function": {"name": "a b", "arguments": "{}"}}]}], {}, "without whitespace"),
+        (
+            [{"role": "assistant", "tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": {}}}]}],
+            {},
+            "arguments must be a str",
+        ),
+        (
+            [{"role": "assistant", "tool_calls": [{"id": "c1", "function": {"name": "a b", "arguments": "{}"}}]}],
+            {},
+            "without whitespace",
+        ),
         ([{"role": "assistant", "tool_calls": [CALL]}], {}, r"\['c1'\] have no tool result"),
         ([{"role": "assistant", "tool_calls": [CALL]}, {"role": "user", "content": "x"}], {}, "have no tool result"),
-        ([{"role": "assistant", "tool_calls": [CALL]}, {"role": "tool", "tool_call_id": "c1", "content": "r"}], {}, "missing name"),
-        ([{"role": "assistant", "tool_calls": [CALL]}, {"role": "tool", "name": "f", "content": "r"}], {}, "missing tool_call_id"),
-        ([{"role": "assistant", "tool_calls": [CALL]}, {"role": "tool", "tool_call_id": "c2", "name": "f", "content": "r"}], {}, "no unanswered tool call"),
-        ([{"role": "assistant", "tool_calls": [CALL]}, {"role": "tool", "tool_call_id": "c1", "name": "g", "content": "r"}], {}, "called 'f'"),
+        (
+            [{"role": "assistant", "tool_calls": [CALL]}, {"role": "tool", "tool_call_id": "c1", "content": "r"}],
+            {},
+            "missing name",
+        ),
+        (
+            [{"role": "assistant", "tool_calls": [CALL]}, {"role": "tool", "name": "f", "content": "r"}],
+            {},
+            "missing tool_call_id",
+        ),
+        (
+            [
+                {"role": "assistant", "tool_calls": [CALL]},
+                {"role": "tool", "tool_call_id": "c2", "name": "f", "content": "r"},
+            ],
+            {},
+            "no unanswered tool call",
+        ),
+        (
+            [
+                {"role": "assistant", "tool_calls": [CALL]},
+                {"role": "tool", "tool_call_id": "c1", "name": "g", "content": "r"},
+            ],
+            {},
+            "called 'f'",
+        ),
         ([{"role": "tool", "tool_call_id": "c1", "name": "f", "content": "r"}], {}, "no unanswered tool call"),
         ([{"role": "user", "content": "x"}], {"reasoning_effort": "extreme"}, "reasoning_effort must be one of"),
         ([{"role": "user", "content": "x"}], {"reasoning_effort": "High"}, "reasoning_effort must be one of"),
         ([{"role": "user", "content": "x"}], {"current_date": "28/06/2025"}, "current_date"),
         ([{"role": "user", "content": "x"}], {"tools": {"name": "f"}}, "tools must be a list"),
         ([{"role": "user", "content": "x"}], {"tools": [{"name": "f"}]}, r"tools\[0\] must be"),
-        ([{"role": "user", "content": "x"}], {"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "1-64 characters"),
+        (
+            [{"role": "user", "content": "x"}],
+            {"tools": [{"type": "function", "function": {"name": "bad name"}}]},
+            "1-64 characters",
+        ),
         ([{"role": "user", "content": "x"}], {"tools": [TOOLS[0], TOOLS[0]]}, "duplicate function name"),
-        ([{"role": "user", "content": "x"}], {"tools": [{"type": "function", "function": {"name": "f", "parameters": "{}"}}]}, "JSON-schema dict"),
-        ([{"role": "user", "content": "x"}], {"tools": [{"type": "function", "function": {"name": "f", "params": {}}}]}, "unsupported keys"),
+        (
+            [{"role": "user", "content": "x"}],
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": "{}"}}]},
+            "JSON-schema dict",
+        ),
+        (
+            [{"role": "user", "content": "x"}],
+            {"tools": [{"type": "function", "function": {"name": "f", "params": {}}}]},
+            "unsupported keys",
+        ),
     ],
 )
 def test_invalid_input_raises_value_error(messages, kwargs, match):
@@ -415,4 +491,6 @@ def test_none_valued_keys_count_as_absent(enc):
         {"role": "assistant", "content": "y", "refusal": None, "tool_calls": None, "reasoning": None},
         {"role": "user", "content": "z"},
     ]
-    assert render_chat(msgs, current_date=DATE) == h_render(enc, [h_system(), h_user("x"), h_asst("y", "final"), h_user("z")])
+    assert render_chat(msgs, current_date=DATE) == h_render(
+        enc, [h_system(), h_user("x"), h_asst("y", "final"), h_user("z")]
+    )
