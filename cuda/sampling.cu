@@ -80,9 +80,10 @@ struct SampleArgs {
 // ------------------------------------------------------------------------------------------------
 
 // Monotone map float -> u32 (larger float, larger key); -0 is folded onto +0 so equal logits have
-// equal keys.
+// equal keys, and NaN ranks as -inf (as in the stats pass, which skips it).
 __device__ __forceinline__ uint32_t order_key(float x) {
   if (x == 0.0f) x = 0.0f;
+  if (x != x) x = -INFINITY;
   const uint32_t u = __float_as_uint(x);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
