@@ -57,6 +57,7 @@ struct AttnArgs {
   unsigned* counters; // decode, splits > 1
   float* part_o;
   float2* part_ml;
+  DeviceErrorRecord* errors;
 };
 
 // Shared by the host (grid and scratch sizing) and nothing else.
@@ -145,6 +146,23 @@ __device__ __forceinline__ KVRows kv_rows(const AttentionParams& p, int s, int k
   r.len = p.cache.len;
   r.ldkv = p.ldkv;
   return r;
+}
+
+// Checks what only the device can see: the sequence's slot, and that the cache still holds every key
+// its first token needs (the ring keeps the last `len` positions before seq_start). A bad slot skips
+// the sequence (false: the caller returns without touching memory); a too-short cache is reported
+// and computed anyway (j % len stays in bounds). `report` picks one thread to record.
+__device__ __forceinline__ bool sequence_ok(const AttnArgs& a, int s, bool report) {
+  const AttentionParams& p = a.p;
+  const int slot = p.batch.seq_slot[s];
+  if (slot < 0 || slot >= p.cache.slots) {
+    if (report) record_device_error(a.errors, kDevErrAttentionSlot, s, slot, p.cache.slots);
+    return false;
+  }
+  const int start = p.batch.seq_start[s];
+  const int lo = p.window > 0 ? max(0, start - p.window + 1) : 0;
+  if (report && start - lo > p.cache.len) record_device_error(a.errors, kDevErrCacheTooShort, s, lo, start, p.cache.len);
+  return true;
 }
 
 // Copies key rows [j0, j0 + rows) (K and V) into swizzled shared tiles; rows at or beyond `je`
@@ -283,6 +301,8 @@ __global__ void __launch_bounds__(kDecodeWarps * kWarpSize) bf16_sdpa_sink_d64_d
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int G = a.G;
   const int s = p.batch.tok_seq[t];
+  // Uniform over the blocks of this (token, KV head), so a skipped group leaves its counter at 0.
+  if (!sequence_ok(a, s, threadIdx.x == 0 && sp == 0 && kvh == 0)) return;
   const int pos = p.batch.tok_pos[t];
   const KVRows kv = kv_rows(p, s, kvh);
   const int lo = p.window > 0 ? max(0, pos - p.window + 1) : 0;
@@ -451,7 +471,7 @@ __global__ void __launch_bounds__(kPrefillWarps * kWarpSize) bf16_sdpa_sink_d64_
   }
   __syncthreads();
   const int s = tile_of_block.x;
-  if (s < 0) return;
+  if (s < 0 || !sequence_ok(a, s, threadIdx.x == 0 && kvh == 0)) return;
   const int tok0 = p.batch.seq_tok0[s];
   const int R = (p.batch.seq_tok0[s + 1] - tok0) * G;  // rows of this sequence
   const int row0 = tile_of_block.y * kBM;
@@ -582,6 +602,7 @@ Status launch_attention(const AttentionParams& p, const AttentionWorkspace& ws, 
   a.G = p.n_q / p.n_kv;
   a.splits = 1;
   a.scale_log2 = p.scale * kLog2e;
+  a.errors = ws.errors;
   constexpr int kMaxGridZ = 65535;
   if (b.T <= 2 * b.S && b.T <= kMaxGridZ) {
     const long long max_keys = p.window > 0 ? p.window : (long long)p.cache.len + b.T;

@@ -4,6 +4,7 @@
 
 #include <cuda_runtime.h>
 
+#include "device_errors.cuh"
 #include "ops.h"
 
 namespace gptoss {
@@ -14,7 +15,8 @@ namespace gptoss {
 struct AttentionWorkspace {
   void* ptr = nullptr;
   size_t bytes = 0;
-  int num_sms = 0;  // of the device: sizes the split-K grid
+  int num_sms = 0;                      // of the device: sizes the split-K grid
+  DeviceErrorRecord* errors = nullptr;  // bad slots / a cache too short for a sequence land here
 };
 
 // Bytes of scratch launch_attention needs for any step of at most `max_tokens` tokens.

@@ -93,6 +93,10 @@ Status CudaBackend::create(int device, std::unique_ptr<Backend>* out) {
                           cudaGetErrorString(probe) + "); rebuild with CMAKE_CUDA_ARCHITECTURES covering it");
   }
   GPTOSS_CUDA_CHECK(cudaStreamCreateWithFlags(&b->stream_, cudaStreamNonBlocking));
+  void* rec = nullptr;
+  GPTOSS_RETURN_IF_ERROR(b->alloc(&rec, sizeof(DeviceErrorRecord), "device error record"));
+  b->device_errors_ = static_cast<DeviceErrorRecord*>(rec);
+  GPTOSS_CUDA_CHECK(cudaMemsetAsync(rec, 0, sizeof(DeviceErrorRecord), b->stream_));
   *out = std::move(b);
   return Status::Ok();
 }
@@ -178,7 +182,7 @@ Status CudaBackend::copy_to_host(void* dst, const void* src, size_t bytes) {
   GPTOSS_RETURN_IF_ERROR(use_device());
   GPTOSS_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
   GPTOSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  return Status::Ok();
+  return take_device_error();
 }
 
 Status CudaBackend::memset(void* dst, int value, size_t bytes) {
@@ -192,7 +196,43 @@ Status CudaBackend::synchronize() {
   if (capturing_) return make_error(StatusCode::InvalidArgument, "synchronize inside a CUDA graph capture");
   GPTOSS_RETURN_IF_ERROR(use_device());
   GPTOSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  return Status::Ok();
+  return take_device_error();
+}
+
+Status CudaBackend::take_device_error() {
+  // On the backend's stream: ordered after the kernels that write the record and before the next
+  // ones (a pageable destination makes the copy return only once the bytes are here).
+  DeviceErrorRecord r;
+  GPTOSS_CUDA_CHECK(cudaMemcpyAsync(&r, device_errors_, sizeof(r), cudaMemcpyDeviceToHost, stream_));
+  GPTOSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (r.code == kDevErrNone) return Status::Ok();
+  GPTOSS_CUDA_CHECK(cudaMemsetAsync(device_errors_, 0, sizeof(r), stream_));
+  const std::string seq = "sequence " + std::to_string(r.seq);
+  switch (r.code) {
+    case kDevErrAttentionSlot:
+    case kDevErrKVAppendSlot:
+      return make_error(StatusCode::InvalidArgument,
+                        std::string(r.code == kDevErrAttentionSlot ? "attention" : "kv_append") + ": " + seq +
+                            " uses KV-cache slot " + std::to_string(r.v0) + ", outside the cache's [0, " +
+                            std::to_string(r.v1) + "); it was skipped");
+    case kDevErrCacheTooShort:
+      return make_error(StatusCode::InvalidArgument,
+                        "attention: " + seq + " needs cached positions [" + std::to_string(r.v0) + ", " +
+                            std::to_string(r.v1) + ") but the cache holds only the last " + std::to_string(r.v2));
+    case kDevErrSamplingSetting: {
+      static const char* const kField[] = {"temperature", "top_k", "top_p", "min_p"};
+      static const char* const kRule[] = {">= 0", ">= 0", "in (0, 1]", "in [0, 1]"};
+      const int f = r.v0 >= 0 && r.v0 < 4 ? r.v0 : 0;
+      float v;
+      std::memcpy(&v, &r.v1, sizeof(v));
+      const std::string value = f == 1 ? std::to_string(r.v1) : std::to_string(v);
+      return make_error(StatusCode::InvalidArgument, "sample: " + seq + " has " + kField[f] + " = " + value +
+                                                         " (must be " + kRule[f] +
+                                                         "); it was sampled greedily");
+    }
+    default:
+      return make_error(StatusCode::Internal, "unknown device error record " + std::to_string(r.code));
+  }
 }
 
 // used: bytes this backend holds (weights, KV cache, workspaces, scratch); total: the device's.
@@ -320,7 +360,9 @@ Status CudaBackend::embed(const EmbedParams& p) { return op_done(launch_embed(p,
 Status CudaBackend::rmsnorm(const RMSNormParams& p) { return op_done(launch_rmsnorm(p, stream_), "rmsnorm"); }
 Status CudaBackend::dense(const DenseParams& p) { return op_done(launch_dense_bf16(p, stream_), "dense"); }
 Status CudaBackend::rope(const RopeParams& p) { return op_done(launch_rope(p, stream_), "rope"); }
-Status CudaBackend::kv_append(const KVAppendParams& p) { return op_done(launch_kv_append(p, stream_), "kv_append"); }
+Status CudaBackend::kv_append(const KVAppendParams& p) {
+  return op_done(launch_kv_append(p, device_errors_, stream_), "kv_append");
+}
 Status CudaBackend::router_topk(const RouterParams& p) {
   return op_done(launch_router_topk(p, stream_), "router_topk");
 }
@@ -328,7 +370,9 @@ Status CudaBackend::router_topk(const RouterParams& p) {
 Status CudaBackend::attention(const AttentionParams& p) {
   Status s = ensure_scratch(&attn_scratch_, attention_workspace_bytes(p.batch.T, p.n_q, p.n_kv, num_sms_),
                             "attention split-K scratch");
-  if (s.ok()) s = launch_attention(p, AttentionWorkspace{attn_scratch_.ptr, attn_scratch_.bytes, num_sms_}, stream_);
+  if (s.ok())
+    s = launch_attention(p, AttentionWorkspace{attn_scratch_.ptr, attn_scratch_.bytes, num_sms_, device_errors_},
+                         stream_);
   return op_done(s, "attention");
 }
 
@@ -346,7 +390,9 @@ Status CudaBackend::moe(const MoEParams& p) {
 
 Status CudaBackend::sample(const SampleParams& p) {
   Status s = ensure_scratch(&sample_scratch_, sample_workspace_bytes(p.S), "sampling scratch");
-  if (s.ok()) s = launch_sample(p, SampleWorkspace{sample_scratch_.ptr, sample_scratch_.bytes, num_sms_}, stream_);
+  if (s.ok())
+    s = launch_sample(p, SampleWorkspace{sample_scratch_.ptr, sample_scratch_.bytes, num_sms_, device_errors_},
+                      stream_);
   return op_done(s, "sample");
 }
 

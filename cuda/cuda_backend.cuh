@@ -11,6 +11,11 @@
 // capture mode) and instantiate them under an integer key; replay(key) launches the instance. The
 // kernels read every per-step value (positions, lengths, sampling settings) from device buffers, so
 // a replay after the engine has refreshed those buffers computes the new step.
+//
+// Inputs that live on the device (slots, positions, sampling settings) are validated by the
+// kernels, which record the first bad one (cuda/device_errors.cuh); synchronize() and copy_to_host()
+// report it as InvalidArgument, so a bad batch becomes a ValueError, never a crash or a silent
+// out-of-bounds write.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -22,6 +27,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "device_errors.cuh"
 
 namespace gptoss {
 
@@ -88,6 +94,9 @@ class CudaBackend final : public Backend {
   // Every op goes through here: a failed op during capture ends (and discards) the capture, so the
   // stream is usable again and capture_end reports why.
   Status op_done(Status s, const char* op);
+  // After a stream synchronisation: the first bad input a kernel recorded since the last check
+  // (cuda/device_errors.cuh), as InvalidArgument, and the record cleared.
+  Status take_device_error();
 
   int device_ = 0;
   int num_sms_ = 0;
@@ -105,6 +114,7 @@ class CudaBackend final : public Backend {
   bool staging_failed_ = false;
 
   Scratch attn_scratch_, sample_scratch_, moe_scratch_;
+  DeviceErrorRecord* device_errors_ = nullptr;  // device memory, zero = no error
 
   bool capturing_ = false;
   std::string capture_error_;  // why the last capture was aborted, reported by capture_end

@@ -27,7 +27,7 @@ __device__ __forceinline__ uint4 load_chunk(const float* src) {
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kAppendThreads) kv_append_bf16cache(KVAppendParams p) {
+__global__ void __launch_bounds__(kAppendThreads) kv_append_bf16cache(KVAppendParams p, DeviceErrorRecord* errors) {
   static_assert(kChunksPerRow == 8, "a 64-value bf16 row is eight 16-byte chunks");
   const int t = blockIdx.x;
   const int s = p.batch.tok_seq[t];
@@ -35,8 +35,13 @@ __global__ void __launch_bounds__(kAppendThreads) kv_append_bf16cache(KVAppendPa
   const int n = p.batch.seq_tok0[s + 1] - tok0;
   const int len = p.cache.len;
   if (t - tok0 < n - len) return;  // overwritten later in this same step: only the last `len` land
+  const int slot = p.batch.seq_slot[s];
+  if (slot < 0 || slot >= p.cache.slots) {
+    if (threadIdx.x == 0 && t - tok0 == max(0, n - len)) record_device_error(errors, kDevErrKVAppendSlot, s, slot, p.cache.slots);
+    return;
+  }
   const int idx = p.batch.tok_pos[t] % len;
-  const size_t slot_row = size_t(p.batch.seq_slot[s]) * p.cache.n_kv;
+  const size_t slot_row = size_t(slot) * p.cache.n_kv;
   const int items = p.cache.n_kv * kChunksPerRow * 2;
   for (int it = threadIdx.x; it < items; it += blockDim.x) {
     const int c = it % kChunksPerRow;
@@ -56,7 +61,7 @@ __global__ void __launch_bounds__(kAppendThreads) kv_append_bf16cache(KVAppendPa
 
 // Floor: T*n_kv*64*2 values read and written (bf16: 2 KB per token at 8 KV heads); decode is launch
 // latency (~2 us), a 2048-token prefill ~8 MB, ~3 us of bandwidth.
-Status launch_kv_append(const KVAppendParams& p, cudaStream_t stream) {
+Status launch_kv_append(const KVAppendParams& p, DeviceErrorRecord* errors, cudaStream_t stream) {
   const BatchDesc& b = p.batch;
   if (b.T < 0 || b.S < 0) return make_error(StatusCode::InvalidArgument, "kv_append: negative T or S");
   if (b.T == 0) return Status::Ok();
@@ -71,11 +76,11 @@ Status launch_kv_append(const KVAppendParams& p, cudaStream_t stream) {
     return make_error(StatusCode::InvalidArgument, "kv_append: k, v and the cache must be 16-byte aligned");
   switch (p.act_type) {
     case DType::BF16:
-      kv_append_bf16cache<__nv_bfloat16><<<b.T, kAppendThreads, 0, stream>>>(p);
+      kv_append_bf16cache<__nv_bfloat16><<<b.T, kAppendThreads, 0, stream>>>(p, errors);
       GPTOSS_CUDA_LAUNCH_CHECK("kv_append_bf16cache<bf16>");
       return Status::Ok();
     case DType::F32:
-      kv_append_bf16cache<float><<<b.T, kAppendThreads, 0, stream>>>(p);
+      kv_append_bf16cache<float><<<b.T, kAppendThreads, 0, stream>>>(p, errors);
       GPTOSS_CUDA_LAUNCH_CHECK("kv_append_bf16cache<f32>");
       return Status::Ok();
     default:

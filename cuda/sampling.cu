@@ -71,6 +71,7 @@ struct SeqScratch {
 struct SampleArgs {
   SampleParams p;
   SeqScratch* ws;
+  DeviceErrorRecord* errors;
   int tiles;            // ceil(V / kTile)
   int tiles_per_block;
 };
@@ -220,7 +221,14 @@ __global__ void __launch_bounds__(kSampleThreads) f32_sample_stats(SampleArgs a)
   st.mass_above = 0;
   st.kept_mass = 0;
   st.k_left = 0;
-  if (!(cfg.temperature > 0.0f)) {
+  // Settings the engine validated already; a bad one from elsewhere is reported and sampled greedily.
+  const int bad = !(cfg.temperature >= 0.0f) ? 0 : cfg.top_k < 0 ? 1 : !(cfg.top_p > 0.0f && cfg.top_p <= 1.0f) ? 2
+                  : !(cfg.min_p >= 0.0f && cfg.min_p <= 1.0f) ? 3 : -1;
+  if (bad >= 0) {
+    const float v = bad == 0 ? cfg.temperature : bad == 2 ? cfg.top_p : cfg.min_p;
+    record_device_error(a.errors, kDevErrSamplingSetting, s, bad, bad == 1 ? cfg.top_k : __float_as_int(v));
+  }
+  if (bad >= 0 || !(cfg.temperature > 0.0f)) {
     st.phase = kDone;
     a.p.out_token[s] = t.arg;
     a.p.out_logprob[s] = t.m - st.lse;
@@ -231,7 +239,6 @@ __global__ void __launch_bounds__(kSampleThreads) f32_sample_stats(SampleArgs a)
   }
   st.counter = 0;
 }
-
 
 // Passes 2-7: one radix digit of the top-k (pass 0..2) or top-p (pass 3..5) threshold search.
 __global__ void __launch_bounds__(kSampleThreads) f32_sample_radix(SampleArgs a, int pass) {
@@ -476,6 +483,7 @@ Status launch_sample(const SampleParams& p, const SampleWorkspace& ws, cudaStrea
   SampleArgs a;
   a.p = p;
   a.ws = static_cast<SeqScratch*>(ws.ptr);
+  a.errors = ws.errors;
   a.tiles = ceil_div(p.V, kTile);
   const int want = ceil_div(2 * (ws.num_sms > 0 ? ws.num_sms : 1), p.S);
   const int nb = want < a.tiles ? want : a.tiles;

@@ -3,6 +3,7 @@
 
 #include <cuda_runtime.h>
 
+#include "device_errors.cuh"
 #include "ops.h"
 
 namespace gptoss {
@@ -15,7 +16,8 @@ constexpr int kSampleMaxVocab = 256 * 1024;  // 256 tiles of 1024 logits (gpt-os
 struct SampleWorkspace {
   void* ptr = nullptr;
   size_t bytes = 0;
-  int num_sms = 0;  // of the device: sizes the grid
+  int num_sms = 0;                      // of the device: sizes the grid
+  DeviceErrorRecord* errors = nullptr;  // invalid sampling settings land here
 };
 
 size_t sample_workspace_bytes(int max_seqs);

@@ -6,7 +6,9 @@
 //    eager results. Replays reuse the split-K arrival counters and the sampling scratch, so this
 //    also shows the kernels leave them reset;
 //  * an op that fails during capture abandons the capture, capture_end says which op and why, and
-//    the backend keeps working.
+//    the backend keeps working;
+//  * bad device-resident inputs (a KV-cache slot, a sampling setting) are skipped by the kernels and
+//    reported by the next synchronisation.
 // Without a GPU (or in a build without the CUDA backend) it prints "skipped" and exits 0.
 #include <cstdio>
 #include <cstring>
@@ -290,6 +292,59 @@ void test_failed_op_abandons_capture(Backend& b) {
   b.free(p);
 }
 
+// Slots and sampling settings live on the device: the kernels validate them, skip what is bad
+// (no out-of-bounds write) and the next synchronisation reports it, once.
+void test_device_side_validation(Backend& b) {
+  Buffers d(b);
+  const int n_kv = 1, len = 8, slots = 2;
+  bf16_t* ck = d.get<bf16_t>(slots * n_kv * len * kHeadDim, "cache k");
+  bf16_t* cv = d.get<bf16_t>(slots * n_kv * len * kHeadDim, "cache v");
+  bf16_t* kv = d.get<bf16_t>(2 * kHeadDim, "k/v");
+  int32_t* ints = d.get<int32_t>(8, "batch");
+  float* logits = d.get<float>(2 * 16, "logits");
+  SamplingConfig* cfg = d.get<SamplingConfig>(2, "configs");
+  int64_t* counter = d.get<int64_t>(2, "counters");
+  int32_t* tok = d.get<int32_t>(2, "tokens");
+  float* lp = d.get<float>(2, "logprobs");
+  if (g_failures) return;
+  // One token of one sequence in slot 5 (the cache has 2): tok_pos, tok_seq, seq_slot, seq_start, seq_tok0.
+  const int32_t batch_h[8] = {3, 0, 5, 3, 0, 1, 0, 0};
+  EXPECT_OK(b.copy_to_device(ints, batch_h, sizeof(batch_h)));
+  EXPECT_OK(b.memset(ck, 0, slots * n_kv * len * kHeadDim * 2));
+  EXPECT_OK(b.memset(kv, 0x3f, 2 * kHeadDim * 2));
+  KVAppendParams app;
+  app.batch.T = 1; app.batch.S = 1;
+  app.batch.tok_pos = ints; app.batch.tok_seq = ints + 1; app.batch.seq_slot = ints + 2;
+  app.batch.seq_start = ints + 3; app.batch.seq_tok0 = ints + 4;
+  app.k = kv; app.v = kv + kHeadDim; app.ldkv = kHeadDim; app.act_type = DType::BF16;
+  app.cache.k = ck; app.cache.v = cv; app.cache.slots = slots; app.cache.n_kv = n_kv; app.cache.len = len;
+  EXPECT_OK(b.kv_append(app));
+  const Status s = b.synchronize();
+  EXPECT(s.code == StatusCode::InvalidArgument &&
+             s.message.find("kv_append: sequence 0 uses KV-cache slot 5, outside the cache's [0, 2)") !=
+                 std::string::npos,
+         "bad slot: " + s.message);
+  EXPECT_OK(b.synchronize());  // reported once, then cleared
+  std::vector<bf16_t> cache_h(slots * n_kv * len * kHeadDim, 1);
+  EXPECT_OK(b.copy_to_host(cache_h.data(), ck, cache_h.size() * 2));
+  for (bf16_t x : cache_h) EXPECT(x == 0, "kv_append wrote although the slot was invalid");
+
+  std::vector<SamplingConfig> cfg_h(2);
+  cfg_h[1].top_p = 0.0f;
+  const std::vector<int64_t> ctr_h = {1, 2};
+  EXPECT_OK(b.copy_to_device(cfg, cfg_h.data(), 2 * sizeof(SamplingConfig)));
+  EXPECT_OK(b.copy_to_device(counter, ctr_h.data(), 16));
+  EXPECT_OK(b.memset(logits, 0, 2 * 16 * 4));
+  SampleParams sp;
+  sp.logits = logits; sp.ldl = 16; sp.cfg = cfg; sp.counter = counter; sp.out_token = tok; sp.out_logprob = lp;
+  sp.S = 2; sp.V = 16;
+  EXPECT_OK(b.sample(sp));
+  int32_t tok_h[2];
+  const Status t = b.copy_to_host(tok_h, tok, sizeof(tok_h));
+  EXPECT(t.code == StatusCode::InvalidArgument && t.message.find("sequence 1 has top_p = 0") != std::string::npos,
+         "bad top_p: " + t.message);
+}
+
 }  // namespace
 
 int main() {
@@ -307,6 +362,7 @@ int main() {
   test_out_of_memory(*b);
   test_graph_replay_equals_eager(*b);
   test_failed_op_abandons_capture(*b);
+  test_device_side_validation(*b);
   std::printf("test_cuda_backend: %s\n", g_failures ? "FAILED" : "ok");
   return g_failures ? 1 : 0;
 }
