@@ -29,6 +29,7 @@
 //
 // Workspace layout (decode, splits > 1): [counters: u32, one per (token, KV head), capacity fixed by
 // the SM count][partial o: f32 [T][n_q][splits][64]][partial (m, l): float2 [T][n_q][splits]].
+#include <algorithm>
 #include <cfloat>
 
 #include "attention.cuh"
@@ -44,7 +45,7 @@ constexpr int kMaxGroup = 16;         // query heads per KV head: one m16 row bl
 constexpr int kDecodeWarps = 4;
 constexpr int kDecodeKeys = 16;       // keys per warp tile in decode
 constexpr int kMaxSplits = 64;
-constexpr int kMinKeysPerSplit = 64;
+constexpr int kMinKeysPerSplit = kDecodeWarps * kDecodeKeys;  // one tile per warp
 constexpr int kPrefillWarps = 4;
 constexpr int kBM = 16 * kPrefillWarps;  // rows per prefill block
 constexpr int kBN = 64;                  // keys per prefill tile
@@ -60,16 +61,15 @@ struct AttnArgs {
   DeviceErrorRecord* errors;
 };
 
-// Shared by the host (grid and scratch sizing) and nothing else.
+// Host-side sizing of the decode grid and its workspace.
 int decode_target_blocks(int num_sms) { return 3 * (num_sms > 0 ? num_sms : 1); }
 
+// Splits of each token's key range: enough blocks for ~3 per SM, at least a tile per warp in each.
 int decode_splits(int T, int n_kv, long long max_keys, int num_sms) {
   const int base = T * n_kv, target = decode_target_blocks(num_sms);
   if (base >= target) return 1;
-  long long s = ceil_div(target, base);
-  s = s < (max_keys + kMinKeysPerSplit - 1) / kMinKeysPerSplit ? s : (max_keys + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
-  s = s < kMaxSplits ? s : kMaxSplits;
-  return s > 1 ? int(s) : 1;
+  const long long by_keys = (max_keys + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
+  return int(std::max(1ll, std::min({(long long)ceil_div(target, base), by_keys, (long long)kMaxSplits})));
 }
 
 size_t align256(size_t b) { return (b + 255) / 256 * 256; }
@@ -306,7 +306,9 @@ __global__ void __launch_bounds__(kDecodeWarps * kWarpSize) bf16_sdpa_sink_d64_d
   const int pos = p.batch.tok_pos[t];
   const KVRows kv = kv_rows(p, s, kvh);
   const int lo = p.window > 0 ? max(0, pos - p.window + 1) : 0;
-  const int chunk = ceil_div(ceil_div(pos - lo + 1, a.splits), kDecodeKeys) * kDecodeKeys;
+  // Whole 16-key tiles, and at least one tile per warp: short contexts use fewer splits (the rest
+  // are empty and publish only m = -inf) instead of many one-tile ones.
+  const int chunk = max(ceil_div(ceil_div(pos - lo + 1, a.splits), kDecodeKeys) * kDecodeKeys, kMinKeysPerSplit);
   const int kb = lo + sp * chunk;
   const int ke = min(kb + chunk, pos + 1);  // this split: keys [kb, ke), possibly empty
   const int ntiles = ke > kb ? ceil_div(ke - kb, kDecodeKeys) : 0;
@@ -392,7 +394,7 @@ __global__ void __launch_bounds__(kDecodeWarps * kWarpSize) bf16_sdpa_sink_d64_d
       O += co[(w * 16 + g) * kHeadDim + d] * f;
     }
     const size_t e = e0 + size_t(g) * a.splits + sp;
-    a.part_o[e * kHeadDim + d] = O;
+    if (ntiles > 0) a.part_o[e * kHeadDim + d] = O;  // an empty split has weight 0 in the merge
     if (d == 0) a.part_ml[e] = make_float2(M, L);
   }
   __threadfence();  // partials visible device-wide before this block is counted
@@ -426,7 +428,8 @@ __global__ void __launch_bounds__(kDecodeWarps * kWarpSize) bf16_sdpa_sink_d64_d
     const int g = i / kHeadDim, d = i % kHeadDim;
     const float* po = a.part_o + (e0 + size_t(g) * a.splits) * kHeadDim + d;
     float O = 0.0f;
-    for (int x = 0; x < a.splits; ++x) O += __ldcg(po + size_t(x) * kHeadDim) * wts[g][x];
+    for (int x = 0; x < a.splits; ++x)
+      if (wts[g][x] != 0.0f) O += __ldcg(po + size_t(x) * kHeadDim) * wts[g][x];
     out[(kvh * G + g) * kHeadDim + d] = __float2bfloat16_rn(O * inv_l[g]);
   }
   if (threadIdx.x == 0) *counter = 0u;  // ready for the next launch (and graph replay)
