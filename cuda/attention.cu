@@ -161,7 +161,8 @@ __device__ __forceinline__ bool sequence_ok(const AttnArgs& a, int s, bool repor
   }
   const int start = p.batch.seq_start[s];
   const int lo = p.window > 0 ? max(0, start - p.window + 1) : 0;
-  if (report && start - lo > p.cache.len) record_device_error(a.errors, kDevErrCacheTooShort, s, lo, start, p.cache.len);
+  if (report && start - lo > p.cache.len)
+    record_device_error(a.errors, kDevErrCacheTooShort, s, lo, start, p.cache.len);
   return true;
 }
 
@@ -620,8 +621,9 @@ Status launch_attention(const AttentionParams& p, const AttentionWorkspace& ws, 
       char* base = static_cast<char*>(ws.ptr);
       const size_t entries = size_t(b.T) * p.n_q * a.splits;
       a.counters = reinterpret_cast<unsigned*>(base);
+      const size_t o_bytes = align256(entries * kHeadDim * sizeof(float));
       a.part_o = reinterpret_cast<float*>(base + counters_bytes(ws.num_sms));
-      a.part_ml = reinterpret_cast<float2*>(base + counters_bytes(ws.num_sms) + align256(entries * kHeadDim * sizeof(float)));
+      a.part_ml = reinterpret_cast<float2*>(base + counters_bytes(ws.num_sms) + o_bytes);
     }
     bf16_sdpa_sink_d64_decode<<<dim3(a.splits, p.n_kv, b.T), kDecodeWarps * kWarpSize, 0, stream>>>(a);
     GPTOSS_CUDA_LAUNCH_CHECK("bf16_sdpa_sink_d64_decode");

@@ -110,7 +110,7 @@ CudaBackend::~CudaBackend() {
     if (g) cudaGraphDestroy(g);
   }
   if (stream_) cudaStreamSynchronize(stream_);
-  for (auto& kv : graphs_) cudaGraphExecDestroy(kv.second);
+  drop_graphs();
   for (auto& a : allocations_) cudaFree(a.first);
   for (int i = 0; i < 2; ++i) {
     if (staging_[i]) cudaFreeHost(staging_[i]);
@@ -165,14 +165,15 @@ void CudaBackend::free(void* ptr) {
   allocations_.erase(it);
 }
 
+// Ordered on the stream, so the engine refreshes a graph's inputs between replays with these.
 // Pageable sources are safe to free on return: cudaMemcpyAsync from pageable memory returns once
 // the bytes have been staged. Large copies go through the pinned double buffer instead.
 Status CudaBackend::copy_to_device(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return Status::Ok();
+  if (capturing_)  // a copy from pageable memory cannot be part of a graph
+    return make_error(StatusCode::InvalidArgument, "copy_to_device inside a CUDA graph capture");
   GPTOSS_RETURN_IF_ERROR(use_device());
-  if (bytes >= kDirectCopyBytes && !capturing_) return upload(dst, src, bytes);
-  GPTOSS_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
-  return Status::Ok();
+  return upload(dst, src, bytes);
 }
 
 Status CudaBackend::copy_to_host(void* dst, const void* src, size_t bytes) {
@@ -200,8 +201,7 @@ Status CudaBackend::synchronize() {
 }
 
 Status CudaBackend::take_device_error() {
-  // On the backend's stream: ordered after the kernels that write the record and before the next
-  // ones (a pageable destination makes the copy return only once the bytes are here).
+  // On the backend's stream: after the kernels that write the record, before the next ones.
   DeviceErrorRecord r;
   GPTOSS_CUDA_CHECK(cudaMemcpyAsync(&r, device_errors_, sizeof(r), cudaMemcpyDeviceToHost, stream_));
   GPTOSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -305,8 +305,14 @@ Status CudaBackend::place_weight(WeightKind kind, const void* host, size_t bytes
 void CudaBackend::release_weights() {
   use_device();
   cudaStreamSynchronize(stream_);
+  if (!weights_.empty()) drop_graphs();
   for (void* w : weights_) free(w);
   weights_.clear();
+}
+
+void CudaBackend::drop_graphs() {
+  for (auto& kv : graphs_) cudaGraphExecDestroy(kv.second);
+  graphs_.clear();
 }
 
 Status CudaBackend::ensure_scratch(Scratch* s, size_t bytes, const char* what) {
@@ -317,6 +323,7 @@ Status CudaBackend::ensure_scratch(Scratch* s, size_t bytes, const char* what) {
                           std::to_string(s->bytes) + "; call reserve() with limits covering the captured step");
   GPTOSS_RETURN_IF_ERROR(use_device());
   GPTOSS_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the old region may still be in use
+  drop_graphs();  // they would still point at the old region
   free_scratch(s);
   GPTOSS_RETURN_IF_ERROR(alloc(&s->ptr, bytes, what));
   s->bytes = bytes;

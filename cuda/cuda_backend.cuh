@@ -88,8 +88,11 @@ class CudaBackend final : public Backend {
   Status upload(void* dst, const void* src, size_t bytes);
   // Makes `s` at least `bytes` (zero-filled). reserve() sizes every scratch up front; this only
   // grows one when an op is called with a larger shape than reserve() was told about, and refuses
-  // to while a graph is being captured (allocation would break the capture).
+  // to while a graph is being captured (allocation would break the capture). Growing drops every
+  // captured graph, as does release_weights: graphs hold raw pointers to the old memory, and the
+  // engine captures again when has_graph() says there is none.
   Status ensure_scratch(Scratch* s, size_t bytes, const char* what);
+  void drop_graphs();
   void free_scratch(Scratch* s);
   // Every op goes through here: a failed op during capture ends (and discards) the capture, so the
   // stream is usable again and capture_end reports why.

@@ -37,7 +37,8 @@ __global__ void __launch_bounds__(kAppendThreads) kv_append_bf16cache(KVAppendPa
   if (t - tok0 < n - len) return;  // overwritten later in this same step: only the last `len` land
   const int slot = p.batch.seq_slot[s];
   if (slot < 0 || slot >= p.cache.slots) {
-    if (threadIdx.x == 0 && t - tok0 == max(0, n - len)) record_device_error(errors, kDevErrKVAppendSlot, s, slot, p.cache.slots);
+    if (threadIdx.x == 0 && t - tok0 == max(0, n - len))  // the sequence's first written token reports
+      record_device_error(errors, kDevErrKVAppendSlot, s, slot, p.cache.slots);
     return;
   }
   const int idx = p.batch.tok_pos[t] % len;

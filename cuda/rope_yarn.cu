@@ -87,7 +87,8 @@ Status launch_rope(const RopeParams& p, cudaStream_t stream) {
       GPTOSS_CUDA_LAUNCH_CHECK("rope_yarn_halfsplit<f32>");
       return Status::Ok();
     default:
-      return make_error(StatusCode::Unsupported, std::string("rope: CUDA rotates BF16 or F32, not ") + dtype_name(p.type));
+      return make_error(StatusCode::Unsupported,
+                        std::string("rope: CUDA rotates BF16 or F32, not ") + dtype_name(p.type));
   }
 }
 

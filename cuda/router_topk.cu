@@ -95,7 +95,8 @@ Status launch_router_topk(const RouterParams& p, cudaStream_t stream) {
                       "router_topk: CUDA needs 1 <= k <= min(E, 8) and E <= 256, got E=" + std::to_string(p.E) +
                           ", k=" + std::to_string(p.k));
   if (p.T == 0) return Status::Ok();
-  if (!p.logits || !p.expert_idx || !p.expert_w) return make_error(StatusCode::InvalidArgument, "router_topk: null pointer");
+  if (!p.logits || !p.expert_idx || !p.expert_w)
+    return make_error(StatusCode::InvalidArgument, "router_topk: null pointer");
   if (p.ldl < p.E)
     return make_error(StatusCode::InvalidArgument, "router_topk: ldl (" + std::to_string(p.ldl) + ") < E");
   f32_router_topk_softmax<<<ceil_div(p.T, kRouterWarps), kRouterWarps * kWarpSize, 0, stream>>>(p);

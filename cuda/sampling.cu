@@ -91,7 +91,9 @@ __device__ __forceinline__ uint32_t order_key(float x) {
 
 // e = exp((x - max) / T) in [0, 1] as fixed point; NaN counts as 0. Written with explicit rounding
 // so every call site computes bit-identical values.
-__device__ __forceinline__ float rel_prob(float x, float m, float inv_t) { return expf(__fmul_rn(__fsub_rn(x, m), inv_t)); }
+__device__ __forceinline__ float rel_prob(float x, float m, float inv_t) {
+  return expf(__fmul_rn(__fsub_rn(x, m), inv_t));
+}
 __device__ __forceinline__ unsigned long long fixed_mass(float e) {
   return e > 0.0f ? __float2ull_rn(e * kMassOne) : 0ull;
 }
@@ -475,7 +477,8 @@ Status launch_sample(const SampleParams& p, const SampleWorkspace& ws, cudaStrea
   if (p.ldl < p.V) return make_error(StatusCode::InvalidArgument, "sample: ldl < V");
   if (!ws.ptr || ws.bytes < sample_workspace_bytes(p.S))
     return make_error(StatusCode::InvalidArgument,
-                      "sample: " + std::to_string(p.S) + " sequences need " + std::to_string(sample_workspace_bytes(p.S)) +
+                      "sample: " + std::to_string(p.S) + " sequences need " +
+                          std::to_string(sample_workspace_bytes(p.S)) +
                           " bytes of workspace but it has " + std::to_string(ws.bytes) +
                           "; size it with sample_workspace_bytes (Backend::reserve)");
   constexpr int kMaxGridY = 65535;
