@@ -17,7 +17,9 @@
 //
 // Rows are (token, query head) pairs of one KV head: the G query heads of a KV head share every
 // K/V tile that is loaded.
-//  * decode (every sequence brings one or two tokens): one block per (split, KV head, token), rows
+// The launcher takes the decode kernel when T <= 2 S (at most two tokens per sequence on average)
+// and the prefill kernel otherwise; each is correct for any mix of sequence lengths.
+//  * decode: one block per (split, KV head, token), rows
 //    = the G heads of that token (rows G..15 idle). The token's key range is cut into `splits`
 //    chunks so a single long sequence still fills the GPU; the 4 warps of a block take interleaved
 //    16-key tiles of the chunk, then merge their states in shared memory. With splits > 1 every block

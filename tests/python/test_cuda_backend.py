@@ -14,6 +14,8 @@ Shapes are named after the kernel path they reach; a failure names the path and 
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -67,6 +69,21 @@ def test_cuda_request_fails_cleanly():
         # the way out.
         with pytest.raises((RuntimeError, NotImplementedError), match="device='cpu'"):
             ops.embed(np.zeros(1, np.int32), np.zeros((1, 32), np.uint16), device="cuda")
+
+
+@needs_cuda
+def test_out_of_memory_names_bytes_needed_and_free():
+    # The sampling scratch is ~30 KB per sequence: 8M one-logit sequences ask the backend for
+    # ~246 GB of device memory (more than any single GPU has) from ~0.5 GB of host arrays.
+    S = 8_000_000
+    with pytest.raises(MemoryError) as e:
+        ops.sample(np.zeros((S, 1), np.float32), 1.0, device="cuda")
+    msg = str(e.value)
+    assert "out of GPU memory allocating sampling scratch" in msg, msg
+    assert re.search(r"needed \d+ bytes \(\d+\.\d+ GiB\) but only \d+ bytes \(\d+\.\d+ GiB\) are free", msg), msg
+    # The backend is still usable afterwards.
+    tok, _ = ops.sample(np.array([[0.0, 2.0, 1.0]], np.float32), 0.0, device="cuda")
+    assert tok[0] == 1
 
 
 # ---------------------------------------------------------------------------------------------
