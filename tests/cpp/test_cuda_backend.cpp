@@ -150,7 +150,8 @@ void test_graph_replay_equals_eager(Backend& b) {
 
   const std::vector<float> w_h = random_f32(g, H, 1.0f), cos_h = random_f32(g, L * 32, 1.0f),
                            sin_h = random_f32(g, L * 32, 1.0f), sinks_h = random_f32(g, NQ, 1.0f);
-  const std::vector<bf16_t> ck0 = random_bf16(g, size_t(S) * KW * L, 1.0f), cv0 = random_bf16(g, size_t(S) * KW * L, 1.0f);
+  const std::vector<bf16_t> ck0 = random_bf16(g, size_t(S) * KW * L, 1.0f);
+  const std::vector<bf16_t> cv0 = random_bf16(g, size_t(S) * KW * L, 1.0f);
   const std::vector<int32_t> seq_h = {0, 1, 2}, slot_h = {2, 0, 1}, tok0_h = {0, 1, 2, 3};
   const int start[S] = {1500, 3, 700};
   std::vector<SamplingConfig> cfg_h(S);
