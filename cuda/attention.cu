@@ -84,6 +84,15 @@ size_t decode_scratch_bytes(int T, int n_q, int splits, int num_sms) {
   return counters_bytes(num_sms) + align256(entries * kHeadDim * sizeof(float)) + align256(entries * sizeof(float2));
 }
 
+// The decode kernel takes steps of at most two tokens per sequence on average; its grid's z is the
+// token (at most 65535).
+bool use_decode_kernel(const BatchDesc& b) { return b.T <= 2 * b.S && b.T <= 65535; }
+
+int step_splits(const AttentionParams& p, int num_sms) {
+  const long long max_keys = p.window > 0 ? p.window : (long long)p.cache.len + p.batch.T;
+  return decode_splits(p.batch.T, p.n_kv, max_keys, num_sms);
+}
+
 // ------------------------------------------------------------------------------------------------
 // kernels
 // ------------------------------------------------------------------------------------------------
@@ -565,6 +574,11 @@ size_t attention_workspace_bytes(int max_tokens, int n_q, int n_kv, int num_sms)
   return need;
 }
 
+size_t attention_step_workspace_bytes(const AttentionParams& p, int num_sms) {
+  if (p.batch.T <= 0 || p.n_q <= 0 || p.n_kv <= 0 || !use_decode_kernel(p.batch)) return 0;
+  return decode_scratch_bytes(p.batch.T, p.n_q, step_splits(p, num_sms), num_sms);
+}
+
 // Floors (H100: ~3 TB/s, ~330 dense bf16 TFLOP/s for mma.sync):
 //  * decode reads each visible K/V row once per (token, KV head): 256 B per key per KV head. Batch-1
 //    at 8K context over 8 KV heads is 16 MB per full layer, ~5.6 us; sliding layers (128 keys)
@@ -610,10 +624,8 @@ Status launch_attention(const AttentionParams& p, const AttentionWorkspace& ws, 
   a.splits = 1;
   a.scale_log2 = p.scale * kLog2e;
   a.errors = ws.errors;
-  constexpr int kMaxGridZ = 65535;
-  if (b.T <= 2 * b.S && b.T <= kMaxGridZ) {
-    const long long max_keys = p.window > 0 ? p.window : (long long)p.cache.len + b.T;
-    a.splits = decode_splits(b.T, p.n_kv, max_keys, ws.num_sms);
+  if (use_decode_kernel(b)) {
+    a.splits = step_splits(p, ws.num_sms);
     const size_t need = decode_scratch_bytes(b.T, p.n_q, a.splits, ws.num_sms);
     if (need > ws.bytes || (need > 0 && !ws.ptr))
       return make_error(StatusCode::InvalidArgument,

@@ -19,8 +19,10 @@ struct AttentionWorkspace {
   DeviceErrorRecord* errors = nullptr;  // bad slots / a cache too short for a sequence land here
 };
 
-// Bytes of scratch launch_attention needs for any step of at most `max_tokens` tokens.
+// Bytes of scratch launch_attention needs for any step of at most `max_tokens` tokens (reserve),
+// and for the step `p` itself.
 size_t attention_workspace_bytes(int max_tokens, int n_q, int n_kv, int num_sms);
+size_t attention_step_workspace_bytes(const AttentionParams& p, int num_sms);
 
 // BF16 q/k/v/out (4-byte aligned q/out with even ldq/ldo; 16-byte aligned k/v with ldkv % 8 == 0),
 // head_dim 64, n_q a multiple of n_kv with at most 16 query heads per KV head.

@@ -375,8 +375,7 @@ Status CudaBackend::router_topk(const RouterParams& p) {
 }
 
 Status CudaBackend::attention(const AttentionParams& p) {
-  Status s = ensure_scratch(&attn_scratch_, attention_workspace_bytes(p.batch.T, p.n_q, p.n_kv, num_sms_),
-                            "attention split-K scratch");
+  Status s = ensure_scratch(&attn_scratch_, attention_step_workspace_bytes(p, num_sms_), "attention split-K scratch");
   if (s.ok())
     s = launch_attention(p, AttentionWorkspace{attn_scratch_.ptr, attn_scratch_.bytes, num_sms_, device_errors_},
                          stream_);
