@@ -82,7 +82,6 @@ class CudaBackend final : public Backend {
   };
 
   CudaBackend() = default;
-  Status init(int device);
   Status use_device() const;
   // Host -> device copy of `bytes` through the pinned staging buffers (pageable fallback).
   Status upload(void* dst, const void* src, size_t bytes);
