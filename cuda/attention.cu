@@ -32,7 +32,7 @@
 // Workspace layout (decode, splits > 1): [counters: u32, one per (token, KV head), capacity fixed by
 // the SM count][partial o: f32 [T][n_q][splits][64]][partial (m, l): float2 [T][n_q][splits]].
 #include <algorithm>
-#include <cfloat>
+#include <cmath>
 
 #include "attention.cuh"
 #include "cuda_check.cuh"

@@ -6,7 +6,8 @@
 // Layout: logits [T][ldl] f32, expert_idx / expert_w [T][k]. One warp per token: lane l holds
 // logits l, l+32, ... (E <= 256: 8 per lane); k rounds of a warp arg-max over the experts not yet
 // taken, each a 5-step shuffle reduction on (value, index).
-#include <cfloat>
+#include <climits>
+#include <cmath>
 
 #include "cuda_check.cuh"
 #include "device_common.cuh"

@@ -23,7 +23,8 @@
 // state), so greedy decoding costs one real pass.
 //
 // Workspace: one SeqScratch per sequence (index = sequence in the step, capacity = max_seqs).
-#include <cfloat>
+#include <climits>
+#include <cmath>
 
 #include "cuda_check.cuh"
 #include "device_common.cuh"
