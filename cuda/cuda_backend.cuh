@@ -1,0 +1,126 @@
+// The CUDA backend: one device, one non-default stream, every op of csrc/ops.h as kernels on it.
+//
+// Memory: every allocation goes through alloc() (cudaMalloc, tracked for memory_info). Weights are
+// uploaded once by place_weight (through a pinned double-buffered staging area, so a 13 GB
+// checkpoint needs 2 x 32 MiB of pinned memory, not 13 GB). MXFP4 tensors are re-laid-out on the way
+// by cuda-b's mxfp4_upload (layout in cuda/moe_mxfp4.cuh). reserve() allocates the scratch of every
+// op that needs one (attention split-K partials, sampling state, MoE workspace) so that no op
+// allocates and a decode step can be captured as a CUDA graph.
+//
+// Graphs: capture_begin/capture_end record the ops issued in between on the stream (thread-local
+// capture mode) and instantiate them under an integer key; replay(key) launches the instance. The
+// kernels read every per-step value (positions, lengths, sampling settings) from device buffers, so
+// a replay after the engine has refreshed those buffers computes the new step.
+//
+// Inputs that live on the device (slots, positions, sampling settings) are validated by the
+// kernels, which record the first bad one (cuda/device_errors.cuh); synchronize() and copy_to_host()
+// report it as InvalidArgument, so a bad batch becomes a ValueError, never a crash or a silent
+// out-of-bounds write.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "backend.h"
+#include "device_errors.cuh"
+
+namespace gptoss {
+
+// True when GPT_OSS_C_FORCE_PORTABLE=1 was set when the process first asked: launchers then take
+// their sm_80 code path (mma.sync / ldmatrix / cp.async) even on sm_90a. Read once, cached.
+bool cuda_force_portable();
+
+class CudaBackend final : public Backend {
+ public:
+  static Status create(int device, std::unique_ptr<Backend>* out);
+  ~CudaBackend() override;
+
+  const char* name() const override { return "cuda"; }
+  DType act_type() const override { return DType::BF16; }
+  bool host_memory() const override { return false; }
+  std::string device_name() const override { return device_name_; }
+
+  Status alloc(void** ptr, size_t bytes, const char* what) override;
+  void free(void* ptr) override;
+  Status copy_to_device(void* dst, const void* src, size_t bytes) override;
+  Status copy_to_host(void* dst, const void* src, size_t bytes) override;
+  Status memset(void* dst, int value, size_t bytes) override;
+  Status synchronize() override;
+  void memory_info(size_t* used, size_t* total) const override;
+
+  Status place_weight(WeightKind kind, const void* host, size_t bytes, const int64_t* shape, int ndim,
+                      const char* name, const void** out) override;
+  void release_weights() override;
+  Status reserve(const BackendLimits& limits) override;
+
+  Status embed(const EmbedParams& p) override;
+  Status rmsnorm(const RMSNormParams& p) override;
+  Status dense(const DenseParams& p) override;
+  Status rope(const RopeParams& p) override;
+  Status attention(const AttentionParams& p) override;
+  Status kv_append(const KVAppendParams& p) override;
+  Status router_topk(const RouterParams& p) override;
+  Status moe(const MoEParams& p) override;
+  Status sample(const SampleParams& p) override;
+
+  bool supports_graphs() const override { return true; }
+  Status capture_begin() override;
+  Status capture_end(int key) override;
+  bool has_graph(int key) const override { return graphs_.count(key) != 0; }
+  Status replay(int key) override;
+
+ private:
+  // A scratch region sized by reserve(); `bytes` is what was allocated.
+  struct Scratch {
+    void* ptr = nullptr;
+    size_t bytes = 0;
+  };
+
+  CudaBackend() = default;
+  Status use_device() const;
+  // Host -> device copy of `bytes` through the pinned staging buffers (pageable fallback).
+  Status upload(void* dst, const void* src, size_t bytes);
+  // Makes `s` at least `bytes` (zero-filled). reserve() sizes every scratch up front; this only
+  // grows one when an op is called with a larger shape than reserve() was told about, and refuses
+  // to while a graph is being captured (allocation would break the capture). Growing drops every
+  // captured graph, as does release_weights: graphs hold raw pointers to the old memory, and the
+  // engine captures again when has_graph() says there is none.
+  Status ensure_scratch(Scratch* s, size_t bytes, const char* what);
+  void drop_graphs();
+  void free_scratch(Scratch* s);
+  // Every op goes through here: a failed op during capture ends (and discards) the capture, so the
+  // stream is usable again and capture_end reports why.
+  Status op_done(Status s, const char* op);
+  // After a stream synchronisation: the first bad input a kernel recorded since the last check
+  // (cuda/device_errors.cuh), as InvalidArgument, and the record cleared.
+  Status take_device_error();
+
+  int device_ = 0;
+  int num_sms_ = 0;
+  size_t total_mem_ = 0;
+  std::string device_name_;
+  cudaStream_t stream_ = nullptr;
+
+  std::unordered_map<void*, size_t> allocations_;  // every live cudaMalloc of this backend
+  size_t allocated_bytes_ = 0;
+  std::vector<void*> weights_;
+
+  // Pinned staging for uploads: two buffers so the CPU fills one while the DMA drains the other.
+  void* staging_[2] = {nullptr, nullptr};
+  cudaEvent_t staging_done_[2] = {nullptr, nullptr};
+  bool staging_failed_ = false;
+
+  Scratch attn_scratch_, sample_scratch_, moe_scratch_;
+  DeviceErrorRecord* device_errors_ = nullptr;  // device memory, zero = no error
+
+  bool capturing_ = false;
+  std::string capture_error_;  // why the last capture was aborted, reported by capture_end
+  std::map<int, cudaGraphExec_t> graphs_;
+};
+
+}  // namespace gptoss

@@ -1,0 +1,53 @@
+// Device helpers shared by the kernels of cuda-a: warp and block reductions, bf16 pair packing,
+// and the host/device ceil_div. Nothing here launches anything.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common.h"
+
+namespace gptoss {
+
+constexpr int kWarpSize = 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+GPTOSS_HD int ceil_div(int a, int b) { return (a + b - 1) / b; }
+GPTOSS_HD bool aligned_to(const void* p, size_t bytes) { return (reinterpret_cast<uintptr_t>(p) % bytes) == 0; }
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = kWarpSize / 2; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = kWarpSize / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+
+// Sum over the whole block, returned to every thread. blockDim.x must be a multiple of 32; `red`
+// is 32 floats of shared memory. The reduction tree is fixed, so the result is deterministic.
+__device__ __forceinline__ float block_sum(float v, float* red) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int nwarps = blockDim.x / kWarpSize;
+  v = warp_sum(v);
+  __syncthreads();  // `red` may still be read by a previous call
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  v = lane < nwarps ? red[lane] : 0.0f;
+  return warp_sum(v);
+}
+
+// Two floats -> one 32-bit bf16 pair, `lo` in the low half (the lower element index), RNE.
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+__device__ __forceinline__ float2 unpack_bf16x2(uint32_t u) {
+  return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+}
+
+}  // namespace gptoss
