@@ -149,8 +149,8 @@ __device__ __forceinline__ KVRows kv_rows(const AttentionParams& p, int s, int k
   KVRows r;
   const size_t cache_row = (size_t(p.batch.seq_slot[s]) * p.n_kv + kvh) * p.cache.len * kHeadDim;
   const size_t step_row = size_t(p.batch.seq_tok0[s]) * p.ldkv + size_t(kvh) * kHeadDim;
-  r.ck = p.cache.k + cache_row;
-  r.cv = p.cache.v + cache_row;
+  r.ck = static_cast<const bf16_t*>(p.cache.k) + cache_row;
+  r.cv = static_cast<const bf16_t*>(p.cache.v) + cache_row;
   r.sk = static_cast<const bf16_t*>(p.k) + step_row;
   r.sv = static_cast<const bf16_t*>(p.v) + step_row;
   r.start = p.batch.seq_start[s];
@@ -617,6 +617,8 @@ Status launch_attention(const AttentionParams& p, const AttentionWorkspace& ws, 
     return make_error(StatusCode::InvalidArgument,
                       "attention: q/out must be 4-byte and k/v/cache 16-byte aligned");
   if (p.window < 0) return make_error(StatusCode::InvalidArgument, "attention: negative window");
+  if (p.cache.type != DType::BF16)
+    return make_error(StatusCode::Unsupported, std::string("attention: the CUDA KV cache is BF16, got ") + dtype_name(p.cache.type));
 
   AttnArgs a{};
   a.p = p;

@@ -49,7 +49,7 @@ __global__ void __launch_bounds__(kAppendThreads) kv_append_bf16cache(KVAppendPa
     const int h = (it / kChunksPerRow) % p.cache.n_kv;
     const bool is_v = it >= items / 2;
     const T* src = reinterpret_cast<const T*>(is_v ? p.v : p.k) + size_t(t) * p.ldkv + h * kHeadDim + c * 8;
-    bf16_t* dst = (is_v ? p.cache.v : p.cache.k) + ((slot_row + h) * len + idx) * kHeadDim + c * 8;
+    bf16_t* dst = static_cast<bf16_t*>(is_v ? p.cache.v : p.cache.k) + ((slot_row + h) * len + idx) * kHeadDim + c * 8;
     *reinterpret_cast<uint4*>(dst) = load_chunk(src);
   }
 }
@@ -75,6 +75,8 @@ Status launch_kv_append(const KVAppendParams& p, DeviceErrorRecord* errors, cuda
                       "kv_append: ldkv must be a multiple of 8 covering n_kv*64, got " + std::to_string(p.ldkv));
   if (!aligned_to(p.k, 16) || !aligned_to(p.v, 16) || !aligned_to(p.cache.k, 16) || !aligned_to(p.cache.v, 16))
     return make_error(StatusCode::InvalidArgument, "kv_append: k, v and the cache must be 16-byte aligned");
+  if (p.cache.type != DType::BF16)
+    return make_error(StatusCode::Unsupported, std::string("kv_append: the CUDA KV cache is BF16, got ") + dtype_name(p.cache.type));
   switch (p.act_type) {
     case DType::BF16:
       kv_append_bf16cache<__nv_bfloat16><<<b.T, kAppendThreads, 0, stream>>>(p, errors);
