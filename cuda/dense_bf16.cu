@@ -121,7 +121,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32) bf16_dense_gemv_mma(DenseArgs
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
 
-  const uint4 zero = make_uint4(0, 0, 0, 0);
   const int chunks = (a.K + 63) / 64;
   for (int j0 = ks; j0 < chunks; j0 += U * KS) {
     uint4 wra[U][2], wrb[U][2], xr[U][NT][2];
@@ -130,19 +129,14 @@ __global__ void __launch_bounds__(kGemvWarps * 32) bf16_dense_gemv_mma(DenseArgs
       const int k0 = (j0 + u * KS) * 64;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        // Loads are unconditional (a k offset past the end is clamped to 0, invalid rows point at
-        // row 0) and masked afterwards: straight-line code lets all U chunks be in flight at once.
-        const bool vk = k0 + 32 * h < a.K;  // false for chunks past the end and half chunks
-        const int kk = vk ? k0 + 32 * h : 0;
+        // Loads are unconditional (straight-line code keeps all U chunks in flight at once): a k
+        // offset past the end is clamped to 0 and its mma skipped below, and an invalid row or
+        // token reads row 0. Its garbage stays in its own mma row / column, which is not stored.
+        const int kk = k0 + 32 * h < a.K ? k0 + 32 * h : 0;
         wra[u][h] = tc::ldg_stream_128(wa + kk);
         wrb[u][h] = tc::ldg_stream_128(wb + kk);
-        if (!(vk && va)) wra[u][h] = zero;
-        if (!(vk && vb)) wrb[u][h] = zero;
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          xr[u][nt][h] = tc::ldg_128(xp[nt] + kk);
-          if (!(vk && vx[nt])) xr[u][nt][h] = zero;
-        }
+        for (int nt = 0; nt < NT; ++nt) xr[u][nt][h] = tc::ldg_128(xp[nt] + kk);
       }
     }
 #pragma unroll

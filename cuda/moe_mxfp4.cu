@@ -139,19 +139,19 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) bf16_mxfp4w_moe_gemv(MoeGem
   const size_t gtile = size_t(e) * (a.R / kMxfp4TileRows) + tile;
 
   // B operand: token column r of the mma is sorted row row0 + r.
-  const bool vx = r < cnt;
   int brow = 0;
-  if (vx) brow = a.gather_k ? a.sorted_slot[row0 + r] / a.gather_k : row0 + r;
+  if (r < cnt) brow = a.gather_k ? a.sorted_slot[row0 + r] / a.gather_k : row0 + r;
   const bf16_t* xp = a.act + size_t(brow) * a.ld_act + 8 * c;
   const uint8_t* wp = a.wb + mxfp4_block_offset(gtile, a.chunks, 0) + lane * 16;
   const uint8_t* sp = a.ws + mxfp4_scale_offset(gtile, a.chunks, 0) + r * 4;
 
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  const uint4 zero = make_uint4(0, 0, 0, 0);
   for (int j0 = warp; j0 < a.chunks; j0 += kDecodeUnroll * kDecodeWarps) {
     uint4 wv[kDecodeUnroll], xv[kDecodeUnroll][2];
     uint32_t sv[kDecodeUnroll];
-    // All loads first (unconditional, clamped and masked), so 4 chunks are in flight per warp.
+    // All loads first and unconditional (clamped), so 4 chunks are in flight per warp. Chunks
+    // and halves past the end are skipped below; a token column past cnt reads sorted row 0's
+    // data, which stays in that mma column and is never stored.
 #pragma unroll
     for (int u = 0; u < kDecodeUnroll; ++u) {
       const int j = j0 + u * kDecodeWarps;
@@ -160,10 +160,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) bf16_mxfp4w_moe_gemv(MoeGem
       sv[u] = tc::ldg_stream_32(sp + size_t(jc) * kMxfp4ScaleChunkBytes);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int k = j * 64 + 32 * h;
-        const bool vk = j < a.chunks && k < a.K;
-        xv[u][h] = tc::ldg_128(xp + (vk ? k : 0));
-        if (!(vk && vx)) xv[u][h] = zero;
+        const int k = jc * 64 + 32 * h;
+        xv[u][h] = tc::ldg_128(xp + (k < a.K ? k : 0));
       }
     }
 #pragma unroll
