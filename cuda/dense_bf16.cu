@@ -89,6 +89,30 @@ __device__ __forceinline__ void store_c_pair(const DenseArgs& a, int t, int n, f
 // ---------------------------------------------------------------------------------------------
 constexpr int kGemvWarps = 8;
 
+// One 32-wide half chunk at k of the GEMV: 16 bytes of weight rows r and r + 8 and of each of the
+// NT token rows (an invalid row or token reads row 0: its garbage stays in its own mma row or
+// column, which is never stored).
+template <int NT>
+__device__ __forceinline__ void gemv_load(const bf16_t* wa, const bf16_t* wb, const bf16_t* const (&xp)[NT], int k,
+                                          uint4& wra, uint4& wrb, uint4 (&xr)[NT][2], int h) {
+  wra = tc::ldg_stream_128(wa + k);
+  wrb = tc::ldg_stream_128(wb + k);
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) xr[nt][h] = tc::ldg_128(xp[nt] + k);
+}
+
+// The two k16 steps of a half chunk (words 0,1 then 2,3 of each 16-byte piece).
+template <int NT>
+__device__ __forceinline__ void gemv_mma(float (&acc)[NT][4], const uint4& wra, const uint4& wrb,
+                                         const uint4 (&xr)[NT][2], int h) {
+#pragma unroll
+  for (int q = 0; q < 2; ++q)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+      tc::mma_bf16_16816(acc[nt], tc::word(wra, 2 * q), tc::word(wrb, 2 * q), tc::word(wra, 2 * q + 1),
+                         tc::word(wrb, 2 * q + 1), tc::word(xr[nt][h], 2 * q), tc::word(xr[nt][h], 2 * q + 1));
+}
+
 // Decode GEMV. Block = 8 warps = (8 / KS) row tiles of 16 rows x KS k-splits. grid.x: groups of
 // row tiles, grid.y: groups of 8 * NT tokens. Each lane holds, per chunk, 2 x 16 bytes of row
 // r and of row r + 8 and 2 x 16 bytes of each of its NT tokens.
@@ -109,52 +133,43 @@ __global__ void __launch_bounds__(kGemvWarps * 32) bf16_dense_gemv_mma(DenseArgs
   const bf16_t* wa = a.w + size_t(va ? ra : 0) * a.K + 8 * c;
   const bf16_t* wb = a.w + size_t(vb ? rb : 0) * a.K + 8 * c;
   const bf16_t* xp[NT];
-  bool vx[NT];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     const int t = tok0 + 8 * nt + r;
-    vx[nt] = t < a.T;
-    xp[nt] = a.x + size_t(vx[nt] ? t : 0) * a.ldx + 8 * c;
+    xp[nt] = a.x + size_t(t < a.T ? t : 0) * a.ldx + 8 * c;
   }
 
   float acc[NT][4];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
 
-  const int chunks = (a.K + 63) / 64;
-  for (int j0 = ks; j0 < chunks; j0 += U * KS) {
+  // Chunks j = ks, ks + KS, ...: groups of U whole chunks with no branch inside (so that all U
+  // chunks' loads are in flight together), then single whole chunks, then the last half chunk
+  // when K % 64 == 32.
+  const int full = a.K / 64;
+  int j0 = ks;
+  for (; j0 + (U - 1) * KS < full; j0 += U * KS) {
     uint4 wra[U][2], wrb[U][2], xr[U][NT][2];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int k0 = (j0 + u * KS) * 64;
+    for (int u = 0; u < U; ++u)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        // Loads are unconditional (straight-line code keeps all U chunks in flight at once): a k
-        // offset past the end is clamped to 0 and its mma skipped below, and an invalid row or
-        // token reads row 0. Its garbage stays in its own mma row / column, which is not stored.
-        const int kk = k0 + 32 * h < a.K ? k0 + 32 * h : 0;
-        wra[u][h] = tc::ldg_stream_128(wa + kk);
-        wrb[u][h] = tc::ldg_stream_128(wb + kk);
+      for (int h = 0; h < 2; ++h) gemv_load<NT>(wa, wb, xp, (j0 + u * KS) * 64 + 32 * h, wra[u][h], wrb[u][h], xr[u], h);
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) xr[u][nt][h] = tc::ldg_128(xp[nt] + kk);
-      }
-    }
+    for (int u = 0; u < U; ++u)
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int k0 = (j0 + u * KS) * 64;
+      for (int h = 0; h < 2; ++h) gemv_mma<NT>(acc, wra[u][h], wrb[u][h], xr[u], h);
+  }
+  for (; j0 < full; j0 += KS) {
+    uint4 wra[2], wrb[2], xr[NT][2];
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        if (k0 + 32 * h >= a.K) continue;  // warp-uniform
+    for (int h = 0; h < 2; ++h) gemv_load<NT>(wa, wb, xp, j0 * 64 + 32 * h, wra[h], wrb[h], xr, h);
 #pragma unroll
-        for (int q = 0; q < 2; ++q) {
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt)
-            tc::mma_bf16_16816(acc[nt], tc::word(wra[u][h], 2 * q), tc::word(wrb[u][h], 2 * q),
-                               tc::word(wra[u][h], 2 * q + 1), tc::word(wrb[u][h], 2 * q + 1),
-                               tc::word(xr[u][nt][h], 2 * q), tc::word(xr[u][nt][h], 2 * q + 1));
-        }
-      }
-    }
+    for (int h = 0; h < 2; ++h) gemv_mma<NT>(acc, wra[h], wrb[h], xr, h);
+  }
+  if (j0 == full && a.K % 64 != 0) {
+    uint4 wra, wrb, xr[NT][2];
+    gemv_load<NT>(wa, wb, xp, j0 * 64, wra, wrb, xr, 0);
+    gemv_mma<NT>(acc, wra, wrb, xr, 0);
   }
 
   if (KS > 1) {
