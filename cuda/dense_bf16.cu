@@ -21,6 +21,7 @@
 
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <string>
 
 #include "cuda_check.cuh"
@@ -87,6 +88,24 @@ __device__ __forceinline__ void store_c_pair(const DenseArgs& a, int t, int n, f
 // ---------------------------------------------------------------------------------------------
 // kernels
 // ---------------------------------------------------------------------------------------------
+// Any K and any alignment (the tensor-core kernels need K % 32 == 0 and 16-byte aligned rows):
+// one warp per output y[t, n], lanes striding k, a fixed-order warp reduction. Correct for every
+// shape the op allows; not a fast path (the model's K are all multiples of 32).
+__global__ void __launch_bounds__(256) bf16_dense_generic(DenseArgs a) {
+  const int lane = threadIdx.x & 31;
+  const int n = blockIdx.x * 8 + (threadIdx.x >> 5);
+  if (n >= a.N) return;
+  const __nv_bfloat16* w = reinterpret_cast<const __nv_bfloat16*>(a.w) + size_t(n) * a.K;
+  for (int t = blockIdx.y; t < a.T; t += gridDim.y) {
+    const __nv_bfloat16* x = reinterpret_cast<const __nv_bfloat16*>(a.x) + size_t(t) * a.ldx;
+    float s = 0.0f;
+    for (int k = lane; k < a.K; k += 32) s = fmaf(__bfloat162float(x[k]), __bfloat162float(w[k]), s);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) store_one(a, t, n, s);
+  }
+}
+
 constexpr int kGemvWarps = 8;
 
 // One 32-wide half chunk at k of the GEMV: 16 bytes of weight rows r and r + 8 and of each of the
@@ -368,15 +387,16 @@ Status launch_dense_bf16(const DenseParams& p, cudaStream_t stream) {
                                                    dtype_name(p.y_type) + shape);
   if (p.accumulate && p.y_type != DType::F32)
     return make_error(StatusCode::InvalidArgument, "dense: accumulate=true needs an f32 y" + shape);
-  if (p.T < 0 || p.N < 0 || p.K <= 0 || p.K % 32 != 0)
-    return make_error(StatusCode::InvalidArgument, "dense: K must be a positive multiple of 32 and T, N >= 0" + shape);
+  if (p.T < 0 || p.N < 0 || p.K <= 0)
+    return make_error(StatusCode::InvalidArgument, "dense: need K > 0 and T, N >= 0" + shape);
   if (p.T == 0 || p.N == 0) return Status::Ok();
   if (!p.x || !p.w || !p.y) return make_error(StatusCode::InvalidArgument, "dense: null x, w or y" + shape);
-  if (p.ldx < p.K || p.ldx % 8 != 0 || !aligned16(p.x))
-    return make_error(StatusCode::InvalidArgument, "dense: x must be 16-byte aligned with ldx >= K and ldx % 8 == 0, got ldx=" +
-                                                       std::to_string(p.ldx) + shape);
-  if (!aligned16(p.w)) return make_error(StatusCode::InvalidArgument, "dense: w must be 16-byte aligned" + shape);
+  if (p.ldx < p.K) return make_error(StatusCode::InvalidArgument, "dense: ldx=" + std::to_string(p.ldx) + " < K" + shape);
   if (p.ldy < p.N) return make_error(StatusCode::InvalidArgument, "dense: ldy=" + std::to_string(p.ldy) + " < N" + shape);
+  if ((reinterpret_cast<uintptr_t>(p.x) | reinterpret_cast<uintptr_t>(p.w)) & 1u)
+    return make_error(StatusCode::InvalidArgument, "dense: x and w must be 2-byte aligned bf16 arrays" + shape);
+  if (p.y_type == DType::F32 ? (reinterpret_cast<uintptr_t>(p.y) & 3u) : (reinterpret_cast<uintptr_t>(p.y) & 1u))
+    return make_error(StatusCode::InvalidArgument, "dense: y is not aligned to its dtype" + shape);
 
   DenseArgs a;
   a.x = static_cast<const bf16_t*>(p.x);
@@ -393,6 +413,13 @@ Status launch_dense_bf16(const DenseParams& p, cudaStream_t stream) {
   const size_t ybytes = a.y_f32 ? 4 : 2;
   a.y_pairs = p.ldy % 2 == 0 && (reinterpret_cast<uintptr_t>(p.y) % (2 * ybytes)) == 0;
 
+  // The tensor-core kernels read 16-byte pieces of whole 32-wide k halves.
+  if (p.K % 32 != 0 || p.ldx % 8 != 0 || !aligned16(p.x) || !aligned16(p.w)) {
+    const dim3 grid((p.N + 7) / 8, std::min(p.T, 65535));
+    bf16_dense_generic<<<grid, 256, 0, stream>>>(a);
+    GPTOSS_CUDA_LAUNCH_CHECK("bf16_dense_generic");
+    return Status::Ok();
+  }
   if (p.T <= 16) {
     // Enough warps to keep ~1000 chunk streams in flight, but at least 2 chunks per warp.
     const int tiles = (p.N + 15) / 16, chunks = (p.K + 63) / 64;

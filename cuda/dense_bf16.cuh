@@ -12,8 +12,9 @@
 namespace gptoss {
 
 // Requirements (checked, InvalidArgument otherwise): x_type BF16 (else Unsupported), y_type BF16 or
-// F32 (F32 when accumulate), K a positive multiple of 32, ldx >= K and a multiple of 8, x and w
-// 16-byte aligned, ldy >= N. Any T >= 0 and N >= 0. No allocation, no host sync: capture-safe.
+// F32 (F32 when accumulate), K > 0, ldx >= K, ldy >= N, any T >= 0 and N >= 0. The fast kernels
+// need K % 32 == 0, ldx % 8 == 0 and 16-byte aligned x and w (every dense layer of gpt-oss);
+// anything else takes a slow but exact generic kernel. No allocation, no host sync: capture-safe.
 Status launch_dense_bf16(const DenseParams& p, cudaStream_t stream);
 
 }  // namespace gptoss
