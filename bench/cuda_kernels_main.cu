@@ -1,0 +1,233 @@
+// Micro-benchmark of cuda-b's kernels (dense bf16, MXFP4 MoE) on random device data, built and run
+// by bench/cuda_kernels.py. Each case is captured as a CUDA graph of `reps` back-to-back calls, so
+// the time is GPU time without host launch overhead; the median of several graph launches is
+// reported. Prints one JSON object per line.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "cuda_check.cuh"
+#include "dense_bf16.cuh"
+#include "moe_mxfp4.cuh"
+#include "mxfp4_layout.cuh"
+
+using namespace gptoss;
+
+#define CHECK_CUDA(x)                                                                 \
+  do {                                                                                \
+    cudaError_t e_ = (x);                                                             \
+    if (e_ != cudaSuccess) {                                                          \
+      std::fprintf(stderr, "%s failed: %s (%s:%d)\n", #x, cudaGetErrorString(e_), __FILE__, __LINE__); \
+      return 1;                                                                       \
+    }                                                                                 \
+  } while (0)
+#define CHECK_STATUS(x)                                                  \
+  do {                                                                   \
+    Status s_ = (x);                                                     \
+    if (!s_.ok()) {                                                      \
+      std::fprintf(stderr, "%s failed: %s\n", #x, s_.message.c_str());  \
+      return 1;                                                          \
+    }                                                                    \
+  } while (0)
+
+// Deterministic pseudo-random fill: bf16 N(0,~1)-ish values, random bytes, or scale bytes.
+__global__ void fill_bf16(uint16_t* p, size_t n, uint32_t seed, float scale) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
+    h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
+    const float v = (float(h & 0xffff) / 65536.0f - 0.5f) * 3.4f * scale;
+    p[i] = f32_to_bf16(v);
+  }
+}
+__global__ void fill_bytes(uint8_t* p, size_t n, uint32_t seed, int lo, int span) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
+    h ^= h >> 15; h *= 2246822519u; h ^= h >> 13;
+    p[i] = uint8_t(span ? lo + int(h % uint32_t(span)) : h);
+  }
+}
+
+struct Timer {
+  cudaStream_t stream;
+  // Median microseconds per call of `fn` (which enqueues one call on `stream`).
+  template <class Fn>
+  int time(Fn fn, int reps, float* us) {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < reps; ++i) {
+      Status s = fn();
+      if (!s.ok()) {
+        std::fprintf(stderr, "launch failed: %s\n", s.message.c_str());
+        cudaStreamEndCapture(stream, &graph);
+        return 1;
+      }
+    }
+    CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
+    CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    cudaEvent_t a, b;
+    CHECK_CUDA(cudaEventCreate(&a));
+    CHECK_CUDA(cudaEventCreate(&b));
+    CHECK_CUDA(cudaGraphLaunch(exec, stream));  // warm-up
+    CHECK_CUDA(cudaStreamSynchronize(stream));
+    std::vector<float> t;
+    for (int i = 0; i < 7; ++i) {
+      CHECK_CUDA(cudaEventRecord(a, stream));
+      CHECK_CUDA(cudaGraphLaunch(exec, stream));
+      CHECK_CUDA(cudaEventRecord(b, stream));
+      CHECK_CUDA(cudaEventSynchronize(b));
+      float ms = 0;
+      CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
+      t.push_back(ms * 1000.0f / reps);
+    }
+    std::sort(t.begin(), t.end());
+    *us = t[t.size() / 2];
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    return 0;
+  }
+};
+
+static double g_copy_gbs = 0;  // measured device-to-device copy rate (read + write), GB/s
+static const double kPeakTflops = 770.0;
+
+static void report(const char* kernel, const std::string& shape, float us, double bytes, double flops) {
+  const double gbs = bytes / (us * 1e-6) / 1e9, tflops = flops / (us * 1e-6) / 1e12;
+  const double floor_us = std::max(bytes / (g_copy_gbs * 1e9), flops / (kPeakTflops * 1e12)) * 1e6;
+  std::printf("{\"kernel\": \"%s\", \"shape\": \"%s\", \"us\": %.2f, \"GB/s\": %.0f, \"TFLOP/s\": %.1f, "
+              "\"floor_us\": %.2f, \"of_floor\": %.3f}\n",
+              kernel, shape.c_str(), us, gbs, tflops, floor_us, floor_us / us);
+  std::fflush(stdout);
+}
+
+int main(int argc, char** argv) {
+  const int reps = argc > 1 ? std::atoi(argv[1]) : 20;
+  cudaDeviceProp prop;
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  Timer timer{stream};
+
+  // Copy ceiling: 1 GiB device-to-device (counts read + write).
+  {
+    const size_t n = size_t(1) << 30;
+    void *a, *b;
+    CHECK_CUDA(cudaMalloc(&a, n));
+    CHECK_CUDA(cudaMalloc(&b, n));
+    float us = 0;
+    if (timer.time([&] { return cuda_status(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, stream), "copy", __FILE__, __LINE__); }, 3, &us)) return 1;
+    g_copy_gbs = 2.0 * n / (us * 1e-6) / 1e9;
+    std::printf("{\"device\": \"%s\", \"sms\": %d, \"copy_GB/s\": %.0f, \"reps\": %d}\n", prop.name, prop.multiProcessorCount,
+                g_copy_gbs, reps);
+    cudaFree(a);
+    cudaFree(b);
+  }
+
+  // ---- dense (gpt-oss-20b shapes) ----
+  struct DenseCase { const char* name; int T, N, K; DType y; bool acc; };
+  const DenseCase dense[] = {
+      {"qkv", 1, 5120, 2880, DType::BF16, false},      {"out+=", 1, 2880, 4096, DType::F32, true},
+      {"router", 1, 32, 2880, DType::F32, false},      {"unembed", 1, 201088, 2880, DType::F32, false},
+      {"qkv", 8, 5120, 2880, DType::BF16, false},      {"qkv", 16, 5120, 2880, DType::BF16, false},
+      {"qkv", 64, 5120, 2880, DType::BF16, false},     {"out+=", 64, 2880, 4096, DType::F32, true},
+      {"unembed", 64, 201088, 2880, DType::F32, false}, {"qkv", 2048, 5120, 2880, DType::BF16, false},
+      {"out+=", 2048, 2880, 4096, DType::F32, true},
+  };
+  for (const DenseCase& c : dense) {
+    uint16_t *x, *w;
+    float* bias;
+    void* y;
+    CHECK_CUDA(cudaMalloc(&x, size_t(c.T) * c.K * 2));
+    CHECK_CUDA(cudaMalloc(&w, size_t(c.N) * c.K * 2));
+    CHECK_CUDA(cudaMalloc(&bias, size_t(c.N) * 4));
+    CHECK_CUDA(cudaMalloc(&y, size_t(c.T) * c.N * 4));
+    fill_bf16<<<1024, 256, 0, stream>>>(x, size_t(c.T) * c.K, 1, 1.0f);
+    fill_bf16<<<4096, 256, 0, stream>>>(w, size_t(c.N) * c.K, 2, 0.02f);
+    CHECK_CUDA(cudaMemsetAsync(bias, 0, size_t(c.N) * 4, stream));
+    CHECK_CUDA(cudaMemsetAsync(y, 0, size_t(c.T) * c.N * 4, stream));
+    DenseParams p;
+    p.x = x; p.ldx = c.K; p.x_type = DType::BF16; p.w = w; p.bias = bias; p.y = y; p.ldy = c.N; p.y_type = c.y;
+    p.T = c.T; p.K = c.K; p.N = c.N; p.accumulate = c.acc;
+    float us = 0;
+    if (timer.time([&] { return launch_dense_bf16(p, stream); }, reps, &us)) return 1;
+    const double bytes = 2.0 * c.N * c.K + 2.0 * c.T * c.K + (c.y == DType::F32 ? (c.acc ? 8.0 : 4.0) : 2.0) * c.T * c.N;
+    report("dense", std::string(c.name) + " T=" + std::to_string(c.T) + " N=" + std::to_string(c.N) + " K=" + std::to_string(c.K),
+           us, bytes, 2.0 * c.T * c.N * c.K);
+    cudaFree(x); cudaFree(w); cudaFree(bias); cudaFree(y);
+  }
+
+  // ---- MoE ----
+  struct MoeCase { int T, E, k, H, I; };
+  const MoeCase moes[] = {{1, 32, 4, 2880, 2880},   {8, 32, 4, 2880, 2880},   {64, 32, 4, 2880, 2880},
+                          {2048, 32, 4, 2880, 2880}, {1, 128, 4, 2880, 2880}, {2048, 128, 4, 2880, 2880}};
+  for (const MoeCase& c : moes) {
+    const int64_t s1[4] = {c.E, 2 * c.I, c.H / 32, 16}, s2[4] = {c.E, c.H, c.I / 32, 16};
+    size_t b1b, b1s, b2b, b2s;
+    CHECK_STATUS(mxfp4_device_bytes(WeightKind::Mxfp4Blocks, s1, 4, &b1b));
+    CHECK_STATUS(mxfp4_device_bytes(WeightKind::Mxfp4Scales, s1, 3, &b1s));
+    CHECK_STATUS(mxfp4_device_bytes(WeightKind::Mxfp4Blocks, s2, 4, &b2b));
+    CHECK_STATUS(mxfp4_device_bytes(WeightKind::Mxfp4Scales, s2, 3, &b2s));
+    uint8_t *w1b, *w1s, *w2b, *w2s;
+    float *b1, *b2, *y, *ew;
+    uint16_t* x;
+    int32_t* idx;
+    CHECK_CUDA(cudaMalloc(&w1b, b1b)); CHECK_CUDA(cudaMalloc(&w1s, b1s));
+    CHECK_CUDA(cudaMalloc(&w2b, b2b)); CHECK_CUDA(cudaMalloc(&w2s, b2s));
+    CHECK_CUDA(cudaMalloc(&b1, size_t(c.E) * 2 * c.I * 4)); CHECK_CUDA(cudaMalloc(&b2, size_t(c.E) * c.H * 4));
+    CHECK_CUDA(cudaMalloc(&x, size_t(c.T) * c.H * 2)); CHECK_CUDA(cudaMalloc(&y, size_t(c.T) * c.H * 4));
+    CHECK_CUDA(cudaMalloc(&idx, size_t(c.T) * c.k * 4)); CHECK_CUDA(cudaMalloc(&ew, size_t(c.T) * c.k * 4));
+    fill_bytes<<<4096, 256, 0, stream>>>(w1b, b1b, 3, 0, 0);
+    fill_bytes<<<4096, 256, 0, stream>>>(w2b, b2b, 4, 0, 0);
+    fill_bytes<<<1024, 256, 0, stream>>>(w1s, b1s, 5, 118, 4);
+    fill_bytes<<<1024, 256, 0, stream>>>(w2s, b2s, 6, 116, 4);
+    fill_bf16<<<1024, 256, 0, stream>>>(x, size_t(c.T) * c.H, 7, 1.0f);
+    CHECK_CUDA(cudaMemsetAsync(b1, 0, size_t(c.E) * 2 * c.I * 4, stream));
+    CHECK_CUDA(cudaMemsetAsync(b2, 0, size_t(c.E) * c.H * 4, stream));
+    CHECK_CUDA(cudaMemsetAsync(y, 0, size_t(c.T) * c.H * 4, stream));
+    // Routing: k distinct experts per token, uniformly at random.
+    std::mt19937 rng(c.T * 7 + c.E);
+    std::vector<int32_t> hidx(size_t(c.T) * c.k);
+    std::vector<float> hw(size_t(c.T) * c.k, 1.0f / c.k);
+    std::vector<char> used(c.E, 0);
+    std::vector<int> perm(c.E);
+    for (int t = 0; t < c.T; ++t) {
+      for (int e = 0; e < c.E; ++e) perm[e] = e;
+      std::shuffle(perm.begin(), perm.end(), rng);
+      for (int j = 0; j < c.k; ++j) {
+        hidx[size_t(t) * c.k + j] = perm[j];
+        used[perm[j]] = 1;
+      }
+    }
+    const int active = int(std::count(used.begin(), used.end(), 1));
+    CHECK_CUDA(cudaMemcpy(idx, hidx.data(), hidx.size() * 4, cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaMemcpy(ew, hw.data(), hw.size() * 4, cudaMemcpyHostToDevice));
+    BackendLimits lim;
+    lim.max_tokens = c.T; lim.top_k = c.k; lim.n_experts = c.E; lim.hidden = c.H; lim.intermediate = c.I;
+    const size_t ws_bytes = moe_workspace_bytes(lim);
+    void* ws;
+    CHECK_CUDA(cudaMalloc(&ws, ws_bytes));
+    MoEParams p;
+    p.x = x; p.ldx = c.H; p.x_type = DType::BF16; p.expert_idx = idx; p.expert_w = ew;
+    p.w1_blocks = w1b; p.w1_scales = w1s; p.b1 = b1; p.w2_blocks = w2b; p.w2_scales = w2s; p.b2 = b2;
+    p.y = y; p.ldy = c.H; p.T = c.T; p.E = c.E; p.k = c.k; p.H = c.H; p.I = c.I;
+    float us = 0;
+    if (timer.time([&] { return launch_moe_mxfp4(p, ws, ws_bytes, stream); }, reps, &us)) return 1;
+    const double expert_bytes = double(b1b + b1s + b2b + b2s) / c.E;
+    const double bytes = active * expert_bytes + 2.0 * c.T * c.H + 8.0 * c.T * c.H;
+    const double flops = 2.0 * c.T * c.k * (2.0 * c.I + c.H) * c.H;
+    report("moe", "T=" + std::to_string(c.T) + " E=" + std::to_string(c.E) + " k=" + std::to_string(c.k) + " H=I=" +
+                      std::to_string(c.H) + " active=" + std::to_string(active),
+           us, bytes, flops);
+    cudaFree(w1b); cudaFree(w1s); cudaFree(w2b); cudaFree(w2s); cudaFree(b1); cudaFree(b2);
+    cudaFree(x); cudaFree(y); cudaFree(idx); cudaFree(ew); cudaFree(ws);
+  }
+  return 0;
+}

@@ -1,0 +1,95 @@
+// The CUDA device layout of MXFP4 weights: index math and nibble packing, shared by the upload
+// re-layout kernel (mxfp4_layout.cu), the MoE kernels (moe_mxfp4.cu) and a host unit test
+// (tests/cpp/test_mxfp4_layout.cpp). Pure integer code, host and device; no CUDA types here.
+// The layout itself is documented at the top of moe_mxfp4.cuh.
+#pragma once
+
+#include <cstdint>
+
+#include "common.h"
+
+namespace gptoss {
+
+constexpr int kMxfp4TileRows = 16;        // rows per tile (one mma m16 tile)
+constexpr int kMxfp4ChunkK = 64;          // k per chunk (two MXFP4 blocks)
+constexpr int kMxfp4ChunkBytes = 512;     // packed codes of one (tile, chunk): 32 lanes x 16 bytes
+constexpr int kMxfp4ScaleChunkBytes = 32; // scales of one (tile, chunk): 8 lane rows x 4 bytes
+
+// Number of 64-wide chunks covering G blocks of 32 (a last odd block makes a half chunk).
+GPTOSS_HD int mxfp4_chunks(int G) { return (G + 1) / 2; }
+
+// Checkpoint row (within a 16-row tile) held by mma row rho: even rows in 0..7, odd rows in 8..15,
+// so checkpoint rows 2i and 2i+1 (mlp1's glu and linear of one unit) land on mma rows i and i+8,
+// both owned by the same lane in the mma accumulator.
+GPTOSS_HD int mxfp4_tile_row(int rho) { return rho < 8 ? 2 * rho : 2 * (rho - 8) + 1; }
+
+// Bit positions of the 4 code bits (mantissa, e0, e1, sign) of element `half` (0: lower k, 1:
+// upper k) of A register `reg` (0: a0a1, 1: a2a3, 2: a4a5, 3: a6a7) inside a packed 32-bit word.
+// Registers 0..2 are the 0x81C081C0 pattern shifted right by 6, 3 and 0; register 3 takes the 8
+// bits left over, recovered with three shift-and-mask pieces (see mxfp4_unpack_word).
+GPTOSS_HD int mxfp4_bit_pos(int reg, int half, int bit) {
+  // Positions for the lower half; the upper half is +16.
+  const int lo[4][4] = {{0, 1, 2, 9}, {3, 4, 5, 12}, {6, 7, 8, 15}, {10, 11, 13, 14}};
+  return lo[reg][bit] + 16 * half;
+}
+
+// Packs 8 FP4 codes: code[reg][half] (4 bits each, checkpoint encoding).
+GPTOSS_HD uint32_t mxfp4_pack_word(const uint8_t code[4][2]) {
+  uint32_t u = 0;
+  for (int reg = 0; reg < 4; ++reg)
+    for (int half = 0; half < 2; ++half)
+      for (int bit = 0; bit < 4; ++bit) u |= uint32_t((code[reg][half] >> bit) & 1u) << mxfp4_bit_pos(reg, half, bit);
+  return u;
+}
+
+// Unpacks a word into 4 bf16x2 registers holding fp4 * 2^-126 (bf16 bits sign << 15 |
+// (code & 7) << 6: exponent field e1e0, mantissa msb m, which is exact including the e = 0
+// subnormal code 0.5). One bf16x2 multiply by 2^126 then gives the exact FP4 values.
+GPTOSS_HD void mxfp4_unpack_word(uint32_t u, uint32_t out[4]) {
+  const uint32_t m = 0x81C081C0u;
+  out[0] = (u << 6) & m;
+  out[1] = (u << 3) & m;
+  out[2] = u & m;
+  out[3] = ((u >> 4) & 0x00C000C0u) | ((u >> 5) & 0x01000100u) | ((u << 1) & 0x80008000u);
+}
+
+// Byte offsets of tile `tile` (global over experts: e * R/16 + row tile), chunk j.
+GPTOSS_HD size_t mxfp4_block_offset(size_t tile, int chunks, int j) {
+  return (tile * size_t(chunks) + size_t(j)) * kMxfp4ChunkBytes;
+}
+GPTOSS_HD size_t mxfp4_scale_offset(size_t tile, int chunks, int j) {
+  return (tile * size_t(chunks) + size_t(j)) * kMxfp4ScaleChunkBytes;
+}
+
+// The 16 bytes of lane (r, c) of chunk j of one tile, from the checkpoint rows of that tile:
+// src_a = checkpoint row mxfp4_tile_row(r), src_b = mxfp4_tile_row(r + 8), each [G][16] bytes.
+// Word s = 2h + q covers k = 64j + 32h + 8c + 4q + (0..3) (block 2j + h, bytes 4c + 2q and
+// 4c + 2q + 1 of it); blocks past G are zero codes.
+GPTOSS_HD void mxfp4_pack_lane(const uint8_t* src_a, const uint8_t* src_b, int G, int j, int c, uint32_t out[4]) {
+  for (int s = 0; s < 4; ++s) {
+    const int h = s >> 1, q = s & 1, g = 2 * j + h;
+    uint8_t code[4][2] = {{0, 0}, {0, 0}, {0, 0}, {0, 0}};
+    if (g < G) {
+      const uint8_t* a = src_a + size_t(g) * 16 + 4 * c + 2 * q;
+      const uint8_t* b = src_b + size_t(g) * 16 + 4 * c + 2 * q;
+      const uint8_t bytes[4] = {a[0], b[0], a[1], b[1]};  // a0a1, a2a3, a4a5, a6a7
+      for (int reg = 0; reg < 4; ++reg) {
+        code[reg][0] = bytes[reg] & 15u;
+        code[reg][1] = bytes[reg] >> 4;
+      }
+    }
+    out[s] = mxfp4_pack_word(code);
+  }
+}
+
+// The 4 scale bytes of lane row r of chunk j: (row r, block 2j), (row r+8, block 2j),
+// (row r, block 2j+1), (row r+8, block 2j+1). sc_a / sc_b are the [G] scales of those rows;
+// a pad block gets 127 (2^0; its codes are zero anyway).
+GPTOSS_HD uint32_t mxfp4_pack_scales(const uint8_t* sc_a, const uint8_t* sc_b, int G, int j) {
+  const int g0 = 2 * j, g1 = 2 * j + 1;
+  const uint32_t b0 = sc_a[g0], b1 = sc_b[g0];
+  const uint32_t b2 = g1 < G ? sc_a[g1] : 127u, b3 = g1 < G ? sc_b[g1] : 127u;
+  return b0 | (b1 << 8) | (b2 << 16) | (b3 << 24);
+}
+
+}  // namespace gptoss

@@ -1,0 +1,268 @@
+"""CUDA tests of the dense bf16 matmul (cuda/dense_bf16.cu) and the MXFP4 MoE (cuda/moe_mxfp4.cu,
+cuda/expert_route.cu, cuda/mxfp4_layout.cu), through gpt_oss_c._core.ops (the Backend interface,
+so the MXFP4 re-layout of place_weight is exercised), against the float64 references of
+tests/reference.py and against the CPU backend on identical inputs.
+
+Every test names the kernel path its shape selects (the thresholds mirror launch_dense_bf16 and
+choose_tile_rows in cuda/moe_mxfp4.cu), so one failing run says which kernel and which shape.
+
+Tolerances (bf16 activations on CUDA: the binding rounds x to bf16 before upload):
+  * dense: the reference is computed from the bf16-rounded x, so the kernel's only errors are the
+    f32 accumulation, bounded by 2^-16 of sum |x_k w_k| (+|b|) -- K <= 4096 products, each exact,
+    summed in f32 trees of depth <= ~16 -- and, for a bf16 output, one rounding (2^-9 relative);
+  * MoE: z is rounded to bf16 between the two matmuls, as the reference implementations do, so
+    the flash-attention criterion of test_ops.py: max error <= 2 x the error of the same math done
+    in float64 with bf16 rounding of x and z, plus the f32 bound 1e-5 of the row's magnitude;
+  * CUDA vs CPU: the same bound with the CPU's own (f32) error added;
+  * determinism: bitwise equal across repeated runs.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/reference.py
+import reference as ref  # noqa: E402
+
+_core = pytest.importorskip("gpt_oss_c._core")
+if not _core.cuda_available():
+    pytest.skip("no CUDA backend or GPU (gpt_oss_c._core.cuda_available() is False)", allow_module_level=True)
+
+pytestmark = pytest.mark.cuda
+ops = _core.ops
+F32_ACC = 2.0**-16
+F32_REL = 1e-5
+BF16_OUT = 2.0**-9
+
+
+def rng_for(*key) -> np.random.Generator:
+    return np.random.default_rng(abs(hash(("cuda-b",) + key)) % (2**32))
+
+
+def check(out, exact, bound, what):
+    err = np.abs(np.asarray(out, np.float64) - exact)
+    bad = err > bound
+    if bad.any():
+        i = np.unravel_index(np.argmax(err - bound), err.shape)
+        raise AssertionError(
+            f"{what}: {bad.sum()} of {err.size} elements out of bound; worst at {i}: got {out[i]!r}, "
+            f"expected {exact[i]!r}, |err| {err[i]:.3g} > bound {np.broadcast_to(bound, err.shape)[i]:.3g}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# dense
+# ---------------------------------------------------------------------------------------------
+
+
+def dense_path(T, N, K):
+    if K % 32:
+        return "bf16_dense_generic"
+    if T <= 16:
+        tiles, chunks, ks = (N + 15) // 16, (K + 63) // 64, 1
+        while ks < 8 and tiles * ks < 1024 and chunks >= 4 * ks:
+            ks *= 2
+        return f"bf16_dense_gemv_mma NT={1 if T <= 8 else 2} KS={ks}"
+    return "bf16_dense_gemm_mma " + ("64x64" if T <= 64 else "128x128")
+
+
+def dense_case(T, N, K, *, bias=True, y=False, f32_out=False, seed=0):
+    rng = rng_for("dense", T, N, K, seed)
+    x = ref.bf16_round(rng.standard_normal((T, K))).astype(np.float32)  # bf16-exact: no input rounding
+    wb = ref.random_bf16(rng, (N, K), 0.05)
+    w = ref.bf16_bits_to_f32(wb).astype(np.float64)
+    b = rng.standard_normal(N).astype(np.float32) if bias else None
+    y0 = rng.standard_normal((T, N)).astype(np.float32) if y else None
+    out = ops.dense(x, wb, bias=b, y=y0, f32_out=f32_out, device="cuda")
+    prod = x.astype(np.float64) @ w.T + (0 if b is None else b)
+    exact = prod + (0 if y0 is None else y0)
+    mag = np.abs(x.astype(np.float64)) @ np.abs(w).T + (0 if b is None else np.abs(b))
+    bound = F32_ACC * mag + (F32_REL * np.abs(exact) if (y or f32_out) else BF16_OUT * np.abs(exact))
+    check(out, exact, bound, f"dense {dense_path(T, N, K)} T={T} N={N} K={K} bias={bias} acc={y} f32={f32_out}")
+    return x, wb, b, y0, out
+
+
+# T: GEMV with 1 and 2 token tiles (and partial ones), both GEMM tile sizes with partial tiles.
+@pytest.mark.parametrize("T", [1, 3, 8, 9, 16, 17, 64, 65, 129])
+@pytest.mark.parametrize("N,K", [(2880, 2880), (33, 96), (130, 32), (5120, 2880)])
+def test_dense_paths(T, N, K):
+    dense_case(T, N, K)
+
+
+# N picks the GEMV's k split: KS = 1 (201088 rows), 2 (8200), 4 (5120), 8 (2880, and the router's 32).
+@pytest.mark.parametrize("N,K", [(201088, 64), (8200, 256), (5120, 512), (2880, 4096), (32, 2880), (128, 2880)])
+@pytest.mark.parametrize("T", [1, 12])
+def test_dense_gemv_splits(T, N, K):
+    dense_case(T, N, K, f32_out=True)
+
+
+@pytest.mark.parametrize("T", [1, 5, 13, 40, 300])
+def test_dense_accumulate_onto_residual(T):
+    dense_case(T, 2880, 4096, bias=True, y=True)
+    dense_case(T, 96, 160, bias=False, y=True)
+
+
+@pytest.mark.parametrize("T", [1, 20, 2048])
+def test_dense_prefill_2048_and_bf16_out(T):
+    dense_case(T, 640, 2880, bias=True)
+
+
+@pytest.mark.parametrize("T,N,K", [(1, 7, 100), (19, 33, 72), (3, 5, 8)])
+def test_dense_generic_any_k(T, N, K):
+    # K % 32 != 0: the exact fallback kernel (no gpt-oss layer has such a K).
+    dense_case(T, N, K, y=True)
+
+
+@pytest.mark.parametrize("T,N,K", [(1, 2880, 2880), (9, 33, 96), (100, 640, 2880)])
+def test_dense_cuda_matches_cpu(T, N, K):
+    x, wb, b, _, out = dense_case(T, N, K, f32_out=True)
+    cpu = ops.dense(x, wb, bias=b, f32_out=True, device="cpu")
+    w = ref.bf16_bits_to_f32(wb).astype(np.float64)
+    mag = np.abs(x.astype(np.float64)) @ np.abs(w).T + np.abs(b)
+    check(out, cpu, (F32_ACC + F32_REL) * mag, f"dense cuda vs cpu {dense_path(T, N, K)} T={T} N={N} K={K}")
+
+
+def test_dense_is_deterministic():
+    x, wb, b, _, out = dense_case(65, 2880, 2880, f32_out=True)
+    for _ in range(2):
+        np.testing.assert_array_equal(ops.dense(x, wb, bias=b, f32_out=True, device="cuda"), out)
+    x, wb, b, _, out = dense_case(3, 2880, 2880, f32_out=True)
+    np.testing.assert_array_equal(ops.dense(x, wb, bias=b, f32_out=True, device="cuda"), out)
+
+
+# ---------------------------------------------------------------------------------------------
+# MoE
+# ---------------------------------------------------------------------------------------------
+
+
+def moe_path(T, k, E):
+    avg = -(-T * k // E)
+    if avg <= 4:
+        return "bf16_mxfp4w_moe_gemv (decode)"
+    return f"bf16_mxfp4w_moe_gemm BM={32 if avg <= 24 else 64 if avg <= 64 else 128}"
+
+
+def moe_inputs(T, E, k, H, I, *, expert_idx=None, seed=0):
+    rng = rng_for("moe", T, E, k, H, I, seed)
+    x = ref.bf16_round(rng.standard_normal((T, H))).astype(np.float32)  # bf16-exact
+    if expert_idx is None:
+        expert_idx = np.stack([rng.permutation(E)[:k] for _ in range(T)]).astype(np.int32)
+    expert_w = rng.dirichlet(np.ones(k), T).astype(np.float32)
+    # mlp1 outputs with rms ~7, so that both swiglu clamps are exercised (as in test_ops.py).
+    e1 = int(np.round(np.log2(2.93 * np.sqrt(H) / 7)))
+    e2 = int(np.round(np.log2(2.93 * np.sqrt(I) * 10)))
+    w1b, w1s = ref.make_mxfp4(rng, (E, 2 * I), H, -e1)
+    w2b, w2s = ref.make_mxfp4(rng, (E, H), I, -e2)
+    b1 = rng.standard_normal((E, 2 * I)).astype(np.float32)
+    b2 = rng.standard_normal((E, H)).astype(np.float32)
+    y0 = rng.standard_normal((T, H)).astype(np.float32)
+    return (x, expert_idx, expert_w, w1b, w1s, b1, w2b, w2s, b2), y0
+
+
+def moe_case(T, E, k, H, I, *, expert_idx=None, seed=0, vs_cpu=False):
+    args, y0 = moe_inputs(T, E, k, H, I, expert_idx=expert_idx, seed=seed)
+    idx = args[1]
+    what = f"moe {moe_path(T, idx.shape[1], E)} T={T} E={E} k={idx.shape[1]} H={H} I={I}"
+    out = ops.moe(*args, y0, device="cuda")
+    delta, mag, _ = ref.moe(*args, return_parts=True)
+    exact = y0 + delta
+    sim = y0 + ref.moe(*args, act_round=ref.bf16_round)
+    f32_bound = F32_REL * (mag.max(axis=1, keepdims=True) + np.abs(y0))
+    err = np.abs(out.astype(np.float64) - exact).max()
+    allowed = 2.0 * np.abs(sim - exact).max() + f32_bound.max()
+    assert err <= allowed, f"{what}: max |err| {err:.3g} > 2 x bf16 reference error + f32 bound = {allowed:.3g}"
+    if vs_cpu:
+        cpu = ops.moe(*args, y0, device="cpu")
+        d = np.abs(out.astype(np.float64) - cpu).max()
+        allowed_cpu = allowed + np.abs(cpu - exact).max()
+        assert d <= allowed_cpu, f"{what}: max |cuda - cpu| {d:.3g} > {allowed_cpu:.3g}"
+    return args, y0, out
+
+
+# Decode path: 1..3 tokens over 32 experts; odd H / I give half chunks (96 = 1.5 x 64, 160 = 2.5 x 64).
+@pytest.mark.parametrize("T", [1, 3])
+@pytest.mark.parametrize("H,I", [(96, 160), (160, 96), (32, 64), (2880, 2880)])
+def test_moe_decode(T, H, I):
+    moe_case(T, 32, 4, H, I)
+
+
+# Tensor-core tiles: BM = 32 (T=17 -> 9 rows per expert), 64 (T=100 -> 50), 128 (T=129 -> 65).
+@pytest.mark.parametrize("T", [17, 100, 129])
+@pytest.mark.parametrize("H,I", [(96, 160), (160, 96)])
+def test_moe_tiles(T, H, I):
+    moe_case(T, 8, 4, H, I)
+
+
+def test_moe_gpt_oss_20b_shapes_decode_and_prefill():
+    moe_case(1, 32, 4, 2880, 2880, vs_cpu=True)     # decode
+    moe_case(8, 32, 4, 2880, 2880)                   # batch-8 decode
+    moe_case(64, 32, 4, 2880, 2880)                  # batch-64 decode: BM = 32 tiles
+    moe_case(129, 32, 4, 2880, 2880, vs_cpu=True)    # BM = 32, 16 rows per expert on average
+
+
+def test_moe_prefill_2048_hundreds_per_expert():
+    moe_case(2048, 32, 4, 512, 256)   # 256 rows per expert: BM = 128, 2 tiles each
+    moe_case(2048, 128, 4, 256, 512)  # 120b-like E: 64 rows per expert, BM = 64
+
+
+@pytest.mark.parametrize("T,E,k", [(300, 4, 2), (257, 2, 2), (64, 128, 4), (5, 256, 8)])
+def test_moe_expert_counts(T, E, k):
+    moe_case(T, E, k, 96, 96)
+
+
+def test_moe_skewed_routing_multi_tile_experts():
+    # Every token picks experts 0 and 1: one expert holds all T rows -> several token tiles, the
+    # last partial, on the decode path (9 rows = 8 + 1) and the BM = 32 path (40 rows = 32 + 8).
+    for T, E in ((9, 64), (40, 8)):
+        idx = np.tile(np.array([[0, 1]], np.int32), (T, 1))
+        moe_case(T, E, 2, 96, 160, expert_idx=idx)
+    # Duplicates within a token are allowed by the op: both slots count.
+    idx = np.array([[3, 3], [1, 3], [3, 0]], np.int32)
+    moe_case(3, 4, 2, 96, 96, expert_idx=idx)
+
+
+def test_moe_cuda_matches_cpu_small():
+    moe_case(17, 8, 4, 96, 160, vs_cpu=True)
+    moe_case(3, 32, 4, 160, 96, vs_cpu=True)
+
+
+def test_moe_is_deterministic():
+    for T in (3, 129):
+        args, y0, out = moe_case(T, 8, 4, 96, 160)
+        for _ in range(2):
+            np.testing.assert_array_equal(ops.moe(*args, y0, device="cuda"), out)
+
+
+def scale_case(T, scale_bytes):
+    # One block per mlp2 row (I = 32): output n of every token is 2^(s_n - 127) times an FP4 dot
+    # product, with s_n cycling through scale_bytes. A per-element bound relative to that row's
+    # own magnitude (2^-7: z's bf16 rounding may differ by one ulp, 2^-8, from the reference's)
+    # checks the scale handling across 2^±127 regardless of the other rows' sizes.
+    E, H, I = 2, 64, 32
+    args, _ = moe_inputs(T, E, 1, H, I)
+    x, _, _, w1b, w1s, b1, w2b, w2s, b2 = args
+    idx = np.zeros((T, 1), np.int32)
+    ew = np.ones((T, 1), np.float32)
+    w2s = w2s.copy()
+    w2s[:, :, 0] = np.resize(np.array(scale_bytes, np.uint8), H)
+    b2 = np.zeros_like(b2)  # a bias would swamp the tiny rows
+    args = (x, idx, ew, w1b, w1s, b1, w2b, w2s, b2)
+    out = ops.moe(*args, np.zeros((T, H), np.float32), device="cuda")
+    exact, mag, _ = ref.moe(*args, return_parts=True)
+    check(out, exact, 2.0**-7 * mag, f"moe {moe_path(T, 1, E)} scale bytes {scale_bytes}")
+
+
+# T = 1: decode kernel (f32 scale on the k32 partial sums); T = 40: BM = 32 tiles (scale folded
+# into the bf16 A operand).
+@pytest.mark.parametrize("T", [1, 40])
+def test_moe_scale_bytes_across_the_range(T):
+    scale_case(T, [7, 20, 60, 100, 127, 150, 180, 200])
+
+
+@pytest.mark.parametrize("T", [1, 40])
+def test_moe_subnormal_scales(T):
+    # 2^-127 (byte 0) and 2^-126: on the tensor-core path the A operand is a bf16 subnormal.
+    scale_case(T, [0, 1, 2, 3, 127])
