@@ -83,7 +83,8 @@ void ThreadPool::run(int64_t n, int64_t grain, Trampoline tramp, void* ctx) {
 }
 
 void ThreadPool::worker_loop() {
-  uint64_t seen = gen_.load(std::memory_order_acquire);
+  // Not gen_.load(): a worker that starts after the first job was published must still run it.
+  uint64_t seen = 0;
   for (;;) {
     // Spin first: the next op of a decode step usually arrives within microseconds.
     auto t0 = std::chrono::steady_clock::now();
