@@ -21,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "backend.h"
@@ -214,21 +215,36 @@ class Call {
     *out = static_cast<T*>(p);
     return Status::Ok();
   }
-  template <class T>
-  Status upload(const T* src, size_t count, const char* what, T** out) {
-    GPTOSS_RETURN_IF_ERROR(alloc(count, what, out));
-    return b_.copy_to_device(*out, src, count * sizeof(T));
+  // U is T or const T: the Params fields that point at inputs are const.
+  template <class T, class U>
+  Status upload(const T* src, size_t count, const char* what, U** out) {
+    static_assert(std::is_same<typename std::remove_const<U>::type, T>::value, "upload: pointer type mismatch");
+    T* p = nullptr;
+    GPTOSS_RETURN_IF_ERROR(alloc(count, what, &p));
+    *out = p;
+    return b_.copy_to_device(p, src, count * sizeof(T));
   }
-  // Activation input: f32 -> act_type.
-  Status upload_act(const float* src, size_t n, const char* what, void** out) {
-    if (act() == DType::F32) return upload(src, n, what, reinterpret_cast<float**>(out));
+  // Activation input: f32 -> act_type. U is void or const void.
+  template <class U>
+  Status upload_act(const float* src, size_t n, const char* what, U** out) {
+    if (act() == DType::F32) {
+      float* p = nullptr;
+      GPTOSS_RETURN_IF_ERROR(upload(src, n, what, &p));
+      *out = p;
+      return Status::Ok();
+    }
     std::vector<bf16_t> h(n);
     for (size_t i = 0; i < n; ++i) h[i] = f32_to_bf16(src[i]);
-    return upload(h.data(), n, what, reinterpret_cast<bf16_t**>(out));
+    bf16_t* p = nullptr;
+    GPTOSS_RETURN_IF_ERROR(upload(h.data(), n, what, &p));
+    *out = p;
+    return Status::Ok();
   }
   Status alloc_act(size_t n, const char* what, void** out) {
-    if (act() == DType::F32) return alloc(n, what, reinterpret_cast<float**>(out));
-    return alloc(n, what, reinterpret_cast<bf16_t**>(out));
+    uint8_t* p = nullptr;
+    GPTOSS_RETURN_IF_ERROR(alloc(n * dtype_size(act()), what, &p));
+    *out = p;
+    return Status::Ok();
   }
   // Activation output: act_type -> f32.
   Status download_act(float* dst, const void* src, size_t n) {
@@ -255,11 +271,11 @@ class Call {
   Status upload_batch(const HostBatch& h, BatchDesc* d) {
     d->T = h.T;
     d->S = h.S;
-    GPTOSS_RETURN_IF_ERROR(upload(h.tok_pos.data(), h.tok_pos.size(), "tok_pos", const_cast<int32_t**>(&d->tok_pos)));
-    GPTOSS_RETURN_IF_ERROR(upload(h.tok_seq.data(), h.tok_seq.size(), "tok_seq", const_cast<int32_t**>(&d->tok_seq)));
-    GPTOSS_RETURN_IF_ERROR(upload(h.seq_slot.data(), h.seq_slot.size(), "seq_slot", const_cast<int32_t**>(&d->seq_slot)));
-    GPTOSS_RETURN_IF_ERROR(upload(h.seq_start.data(), h.seq_start.size(), "seq_start", const_cast<int32_t**>(&d->seq_start)));
-    return upload(h.seq_tok0.data(), h.seq_tok0.size(), "seq_tok0", const_cast<int32_t**>(&d->seq_tok0));
+    GPTOSS_RETURN_IF_ERROR(upload(h.tok_pos.data(), h.tok_pos.size(), "tok_pos", &d->tok_pos));
+    GPTOSS_RETURN_IF_ERROR(upload(h.tok_seq.data(), h.tok_seq.size(), "tok_seq", &d->tok_seq));
+    GPTOSS_RETURN_IF_ERROR(upload(h.seq_slot.data(), h.seq_slot.size(), "seq_slot", &d->seq_slot));
+    GPTOSS_RETURN_IF_ERROR(upload(h.seq_start.data(), h.seq_start.size(), "seq_start", &d->seq_start));
+    return upload(h.seq_tok0.data(), h.seq_tok0.size(), "seq_tok0", &d->seq_tok0);
   }
 
  private:
@@ -313,7 +329,7 @@ py::array_t<float> op_embed(const py::object& ids_o, const py::object& table_o, 
   run_on(device, [&](Call& c) -> Status {
     EmbedParams p;
     p.T = T; p.H = H; p.V = V;
-    GPTOSS_RETURN_IF_ERROR(c.upload(ids.data(), size_t(T), "ids", const_cast<int32_t**>(&p.ids)));
+    GPTOSS_RETURN_IF_ERROR(c.upload(ids.data(), size_t(T), "ids", &p.ids));
     GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::EmbeddingBF16, table.data(), size_t(V) * H, ts, "table", &p.table));
     GPTOSS_RETURN_IF_ERROR(c.alloc(size_t(T) * H, "out", &p.out));
     GPTOSS_RETURN_IF_ERROR(c.backend().embed(p));
@@ -348,7 +364,7 @@ py::array_t<float> op_rmsnorm(const py::object& x_o, const py::object& w_o, cons
     float* xd = nullptr;
     GPTOSS_RETURN_IF_ERROR(c.upload(x.data(), size_t(N) * H, "x", &xd));
     p.x = xd;
-    if (gather) GPTOSS_RETURN_IF_ERROR(c.upload(rows.data(), size_t(T), "rows", const_cast<int32_t**>(&p.rows)));
+    if (gather) GPTOSS_RETURN_IF_ERROR(c.upload(rows.data(), size_t(T), "rows", &p.rows));
     GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::VectorF32, w.data(), size_t(H), ws, "w", &p.w));
     GPTOSS_RETURN_IF_ERROR(c.alloc_act(size_t(T) * H, "out", &p.out));
     GPTOSS_RETURN_IF_ERROR(c.backend().rmsnorm(p));
@@ -384,7 +400,7 @@ py::array_t<float> op_dense(const py::object& x_o, const py::object& w_o, const 
     p.T = T; p.K = K; p.N = N; p.ldx = K; p.ldy = N; p.accumulate = accumulate;
     p.x_type = c.act();
     p.y_type = (accumulate || f32_out) ? DType::F32 : c.act();
-    GPTOSS_RETURN_IF_ERROR(c.upload_act(x.data(), size_t(T) * K, "x", const_cast<void**>(&p.x)));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(x.data(), size_t(T) * K, "x", &p.x));
     GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::DenseBF16, w.data(), size_t(N) * K, wsh, "w", &p.w));
     if (has_bias) GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::VectorF32, bias.data(), size_t(N), bs, "bias", &p.bias));
     if (accumulate) {
@@ -430,11 +446,11 @@ py::tuple op_rope(const py::object& q_o, const py::object& k_o, const py::object
     RopeParams p;
     p.batch.T = T;
     p.n_q = nq; p.n_kv = nkv; p.ldq = nq * kHeadDim; p.ldk = nkv * kHeadDim; p.type = c.act();
-    GPTOSS_RETURN_IF_ERROR(c.upload(pos.data(), size_t(T), "positions", const_cast<int32_t**>(&p.batch.tok_pos)));
+    GPTOSS_RETURN_IF_ERROR(c.upload(pos.data(), size_t(T), "positions", &p.batch.tok_pos));
     GPTOSS_RETURN_IF_ERROR(c.upload_act(q.data(), size_t(T) * p.ldq, "q", &p.q));
     GPTOSS_RETURN_IF_ERROR(c.upload_act(k.data(), size_t(T) * p.ldk, "k", &p.k));
-    GPTOSS_RETURN_IF_ERROR(c.upload(cs.data(), size_t(P) * 32, "cos", const_cast<float**>(&p.cos)));
-    GPTOSS_RETURN_IF_ERROR(c.upload(sn.data(), size_t(P) * 32, "sin", const_cast<float**>(&p.sin)));
+    GPTOSS_RETURN_IF_ERROR(c.upload(cs.data(), size_t(P) * 32, "cos", &p.cos));
+    GPTOSS_RETURN_IF_ERROR(c.upload(sn.data(), size_t(P) * 32, "sin", &p.sin));
     GPTOSS_RETURN_IF_ERROR(c.backend().rope(p));
     GPTOSS_RETURN_IF_ERROR(c.download_act(qo_h, p.q, size_t(T) * p.ldq));
     return c.download_act(ko_h, p.k, size_t(T) * p.ldk);
@@ -488,9 +504,9 @@ py::array_t<float> op_attention(const py::object& q_o, const py::object& k_o, co
     p.ldq = p.ldo = nq * kHeadDim;
     p.ldkv = nkv * kHeadDim;
     GPTOSS_RETURN_IF_ERROR(c.upload_batch(hb, &p.batch));
-    GPTOSS_RETURN_IF_ERROR(c.upload_act(q.data(), size_t(T) * p.ldq, "q", const_cast<void**>(&p.q)));
-    GPTOSS_RETURN_IF_ERROR(c.upload_act(k.data(), size_t(T) * p.ldkv, "k", const_cast<void**>(&p.k)));
-    GPTOSS_RETURN_IF_ERROR(c.upload_act(v.data(), size_t(T) * p.ldkv, "v", const_cast<void**>(&p.v)));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(q.data(), size_t(T) * p.ldq, "q", &p.q));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(k.data(), size_t(T) * p.ldkv, "k", &p.k));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(v.data(), size_t(T) * p.ldkv, "v", &p.v));
     const size_t cache_n = size_t(cache.k.size());
     GPTOSS_RETURN_IF_ERROR(c.upload(cache.k.data(), cache_n, "cache_k", &p.cache.k));
     GPTOSS_RETURN_IF_ERROR(c.upload(cache.v.data(), cache_n, "cache_v", &p.cache.v));
@@ -521,8 +537,8 @@ py::tuple op_kv_append(const py::object& k_o, const py::object& v_o, const py::o
     p.act_type = c.act();
     p.ldkv = cache.n_kv * kHeadDim;
     GPTOSS_RETURN_IF_ERROR(c.upload_batch(hb, &p.batch));
-    GPTOSS_RETURN_IF_ERROR(c.upload_act(k.data(), size_t(T) * p.ldkv, "k", const_cast<void**>(&p.k)));
-    GPTOSS_RETURN_IF_ERROR(c.upload_act(v.data(), size_t(T) * p.ldkv, "v", const_cast<void**>(&p.v)));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(k.data(), size_t(T) * p.ldkv, "k", &p.k));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(v.data(), size_t(T) * p.ldkv, "v", &p.v));
     const size_t cache_n = size_t(cache.k.size());
     GPTOSS_RETURN_IF_ERROR(c.upload(cache.k.data(), cache_n, "cache_k", &p.cache.k));
     GPTOSS_RETURN_IF_ERROR(c.upload(cache.v.data(), cache_n, "cache_v", &p.cache.v));
@@ -546,7 +562,7 @@ py::tuple op_router_topk(const py::object& logits_o, int k, const std::string& d
   run_on(device, [&](Call& c) -> Status {
     RouterParams p;
     p.T = T; p.E = E; p.k = k; p.ldl = E;
-    GPTOSS_RETURN_IF_ERROR(c.upload(logits.data(), size_t(T) * E, "logits", const_cast<float**>(&p.logits)));
+    GPTOSS_RETURN_IF_ERROR(c.upload(logits.data(), size_t(T) * E, "logits", &p.logits));
     GPTOSS_RETURN_IF_ERROR(c.alloc(size_t(T) * k, "expert_idx", &p.expert_idx));
     GPTOSS_RETURN_IF_ERROR(c.alloc(size_t(T) * k, "expert_w", &p.expert_w));
     GPTOSS_RETURN_IF_ERROR(c.backend().router_topk(p));
@@ -596,9 +612,9 @@ py::array_t<float> op_moe(const py::object& x_o, const py::object& idx_o, const 
     MoEParams p;
     p.T = T; p.E = E; p.k = k; p.H = H; p.I = I; p.ldx = H; p.ldy = H; p.x_type = c.act();
     p.swiglu_alpha = alpha; p.swiglu_limit = limit;
-    GPTOSS_RETURN_IF_ERROR(c.upload_act(x.data(), size_t(T) * H, "x", const_cast<void**>(&p.x)));
-    GPTOSS_RETURN_IF_ERROR(c.upload(idx.data(), size_t(T) * k, "expert_idx", const_cast<int32_t**>(&p.expert_idx)));
-    GPTOSS_RETURN_IF_ERROR(c.upload(ew.data(), size_t(T) * k, "expert_w", const_cast<float**>(&p.expert_w)));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(x.data(), size_t(T) * H, "x", &p.x));
+    GPTOSS_RETURN_IF_ERROR(c.upload(idx.data(), size_t(T) * k, "expert_idx", &p.expert_idx));
+    GPTOSS_RETURN_IF_ERROR(c.upload(ew.data(), size_t(T) * k, "expert_w", &p.expert_w));
     GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::Mxfp4Blocks, w1b.data(), size_t(w1b.size()), w1bs, "w1_blocks", &p.w1_blocks));
     GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::Mxfp4Scales, w1s.data(), size_t(w1s.size()), w1ss, "w1_scales", &p.w1_scales));
     GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::VectorF32, b1.data(), size_t(b1.size()), b1s, "b1", &p.b1));
@@ -654,9 +670,9 @@ py::tuple op_sample(const py::object& logits_o, const py::object& temp_o, const 
   run_on(device, [&](Call& c) -> Status {
     SampleParams p;
     p.S = S; p.V = V; p.ldl = V;
-    GPTOSS_RETURN_IF_ERROR(c.upload(logits.data(), size_t(S) * V, "logits", const_cast<float**>(&p.logits)));
-    GPTOSS_RETURN_IF_ERROR(c.upload(cfg.data(), cfg.size(), "sampling configs", const_cast<SamplingConfig**>(&p.cfg)));
-    GPTOSS_RETURN_IF_ERROR(c.upload(counter.data(), size_t(S), "counter", const_cast<int64_t**>(&p.counter)));
+    GPTOSS_RETURN_IF_ERROR(c.upload(logits.data(), size_t(S) * V, "logits", &p.logits));
+    GPTOSS_RETURN_IF_ERROR(c.upload(cfg.data(), cfg.size(), "sampling configs", &p.cfg));
+    GPTOSS_RETURN_IF_ERROR(c.upload(counter.data(), size_t(S), "counter", &p.counter));
     GPTOSS_RETURN_IF_ERROR(c.alloc(size_t(S), "out_token", &p.out_token));
     GPTOSS_RETURN_IF_ERROR(c.alloc(size_t(S), "out_logprob", &p.out_logprob));
     GPTOSS_RETURN_IF_ERROR(c.backend().sample(p));

@@ -569,9 +569,9 @@ def test_filters_keep_exactly_the_expected_set(device, top_k, top_p, min_p, kept
     assert set(tok.tolist()) == kept
 
 
-def test_top_k_keeps_ties():
+def test_top_k_keeps_ties(device):
     logits = np.array([[5, 4, 4, 4, 1, 0, 0, 0]], np.float32)
-    tok, _ = ops.sample(np.repeat(logits, 3000, 0), 1.0, 2, seed=9, counter=np.arange(3000))
+    tok, _ = ops.sample(np.repeat(logits, 3000, 0), 1.0, 2, seed=9, counter=np.arange(3000), device=device)
     assert set(tok.tolist()) == {0, 1, 2, 3}  # all logits >= the 2nd largest
 
 
