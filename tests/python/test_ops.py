@@ -464,6 +464,22 @@ def test_moe_result_independent_of_thread_count():
     np.testing.assert_array_equal(outs[0], outs[2])
 
 
+def test_cpu_decode_rows_equal_prefill_rows_bitwise():
+    """On the CPU a token's dense and MoE outputs do not depend on what else is in the step: the
+    kernels compute each (row, token) with the same operations whatever the tile (simd.h)."""
+    rng = rng_for("batch-invariance")
+    x = rng.standard_normal((17, 160)).astype(np.float32)
+    wb = ref.random_bf16(rng, (96, 160), 0.1)
+    full = ops.dense(x, wb)
+    for t in (0, 5, 16):
+        np.testing.assert_array_equal(ops.dense(x[t : t + 1], wb), full[t : t + 1])
+    out, _, args, y0 = moe_case("cpu", "F32", T=9, E=4, k=2, H=96, I=96, seed=5)
+    x, idx, w, *weights = args
+    for t in (0, 4, 8):
+        one = ops.moe(x[t : t + 1], idx[t : t + 1], w[t : t + 1], *weights, y0[t : t + 1])
+        np.testing.assert_array_equal(one, out[t : t + 1])
+
+
 def test_moe_rejects_bad_inputs(device):
     _, _, args, y0 = moe_case(device, "F32" if device == "cpu" else "BF16", T=2, E=4, k=2, H=96, I=96)
     x, idx, *rest = args
