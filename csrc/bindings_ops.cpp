@@ -16,15 +16,12 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-#include <cstring>
-#include <map>
-#include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "backend.h"
 #include "bindings_common.h"
+#include "bindings_ops_call.h"
 
 namespace py = pybind11;
 
@@ -32,258 +29,7 @@ namespace gptoss {
 
 namespace {
 
-// ---------------------------------------------------------------------------------------------
-// Backends, one per device string.
-// ---------------------------------------------------------------------------------------------
-struct BackendEntry {
-  std::unique_ptr<Backend> backend;
-  std::mutex mutex;  // one op at a time per backend (its scratch and pool are not re-entrant)
-};
-
-BackendEntry& backend_for(const std::string& device) {
-  static std::mutex cache_mutex;
-  static std::map<std::string, std::unique_ptr<BackendEntry>> cache;
-  std::lock_guard<std::mutex> lock(cache_mutex);
-  auto it = cache.find(device);
-  if (it != cache.end()) return *it->second;
-  auto parse_index = [&](const std::string& s, int min) {
-    size_t used = 0;
-    int v = -1;
-    try {
-      v = std::stoi(s, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != s.size() || v < min)
-      throw py::value_error("device '" + device + "': expected 'cpu', 'cpu:THREADS', 'cuda' or 'cuda:INDEX'");
-    return v;
-  };
-  auto entry = std::make_unique<BackendEntry>();
-  if (device == "cpu" || device.rfind("cpu:", 0) == 0) {
-    entry->backend = make_cpu_backend(device == "cpu" ? 0 : parse_index(device.substr(4), 1));
-  } else if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
-    throw_if_error(make_cuda_backend(device == "cuda" ? 0 : parse_index(device.substr(5), 0), &entry->backend));
-  } else {
-    throw py::value_error("unknown device '" + device + "': expected 'cpu', 'cpu:THREADS', 'cuda' or 'cuda:INDEX'");
-  }
-  BackendEntry& ref = *entry;
-  cache.emplace(device, std::move(entry));
-  return ref;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Argument checking (with the GIL held).
-// ---------------------------------------------------------------------------------------------
-using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
-using I32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
-
-std::string shape_str(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-  return s + (a.ndim() == 1 ? ",)" : ")");
-}
-
-py::array as_array(const py::object& o, const char* name) {
-  if (!py::isinstance<py::array>(o))
-    throw py::value_error(std::string(name) + " must be a numpy array, got " + std::string(py::str(o.attr("__class__").attr("__name__"))));
-  return o.cast<py::array>();
-}
-
-// Float arrays of any precision are accepted and converted to float32.
-F32Array f32_arg(const py::object& o, const char* name) {
-  py::array a = as_array(o, name);
-  if (a.dtype().kind() != 'f')
-    throw py::value_error(std::string(name) + " must be a floating-point array, got dtype " + std::string(py::str(a.dtype())));
-  return F32Array::ensure(a);
-}
-
-// Integer arrays whose values fit in int32.
-I32Array i32_arg(const py::object& o, const char* name) {
-  py::array a = as_array(o, name);
-  const char kind = a.dtype().kind();
-  if (kind != 'i' && kind != 'u')
-    throw py::value_error(std::string(name) + " must be an integer array, got dtype " + std::string(py::str(a.dtype())));
-  auto wide = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
-  for (py::ssize_t i = 0; i < wide.size(); ++i) {
-    const int64_t v = wide.data()[i];
-    if (v < INT32_MIN || v > INT32_MAX)
-      throw py::value_error(std::string(name) + " value " + std::to_string(v) + " does not fit in int32");
-  }
-  return I32Array::ensure(wide);
-}
-
-// Exact dtype, no conversion: bf16 bit patterns (uint16) and MXFP4 bytes (uint8).
-template <class T>
-py::array_t<T, py::array::c_style> exact_arg(const py::object& o, const char* name, const char* what) {
-  py::array a = as_array(o, name);
-  if (!a.dtype().is(py::dtype::of<T>()))
-    throw py::value_error(std::string(name) + " must have dtype " + what + ", got " + std::string(py::str(a.dtype())));
-  return py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
-}
-
-// dims: -1 matches anything. Returns the shape.
-std::vector<int64_t> need_shape(const py::array& a, const char* name, std::vector<int64_t> dims) {
-  bool ok = a.ndim() == py::ssize_t(dims.size());
-  for (size_t i = 0; ok && i < dims.size(); ++i) ok = dims[i] < 0 || a.shape(i) == dims[i];
-  if (!ok) {
-    std::string want = "(";
-    for (size_t i = 0; i < dims.size(); ++i) want += (i ? ", " : "") + (dims[i] < 0 ? std::string("*") : std::to_string(dims[i]));
-    throw py::value_error(std::string(name) + " has shape " + shape_str(a) + ", expected " + want +
-                          (dims.size() == 1 ? ",)" : ")"));
-  }
-  std::vector<int64_t> s(size_t(a.ndim()));
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
-    s[size_t(i)] = a.shape(i);
-    if (s[size_t(i)] < 1) throw py::value_error(std::string(name) + " has an empty dimension: shape " + shape_str(a));
-    if (s[size_t(i)] > INT32_MAX) throw py::value_error(std::string(name) + " is too large");
-  }
-  return s;
-}
-
-// A per-sequence value given either as a scalar or as a 1-D array of length S.
-template <class Arr>
-Arr per_seq(const Arr& a, int S, const char* name) {
-  if (a.ndim() == 0) {
-    Arr out({py::ssize_t(S)});
-    for (int s = 0; s < S; ++s) out.mutable_data()[s] = a.data()[0];
-    return out;
-  }
-  need_shape(a, name, {S});
-  return a;
-}
-
-// The step's BatchDesc arrays from per-sequence (slot, start, count), built on the host.
-struct HostBatch {
-  std::vector<int32_t> tok_pos, tok_seq, seq_slot, seq_start, seq_tok0;
-  int T = 0, S = 0;
-};
-
-HostBatch make_batch(const I32Array& slot, const I32Array& start, const I32Array& lens, int T, int slots,
-                     const char* op) {
-  const std::string where = std::string(op) + ": ";
-  need_shape(slot, "seq_slot", {-1});
-  const int S = int(slot.shape(0));
-  need_shape(start, "seq_start", {S});
-  need_shape(lens, "seq_lens", {S});
-  HostBatch b;
-  b.T = T;
-  b.S = S;
-  b.seq_tok0.push_back(0);
-  std::vector<char> used(size_t(slots), 0);
-  for (int s = 0; s < S; ++s) {
-    const int sl = slot.data()[s], st = start.data()[s], n = lens.data()[s];
-    if (sl < 0 || sl >= slots)
-      throw py::value_error(where + "seq_slot[" + std::to_string(s) + "] = " + std::to_string(sl) +
-                            " is outside the cache's [0, " + std::to_string(slots) + ")");
-    if (used[size_t(sl)]) throw py::value_error(where + "two sequences use slot " + std::to_string(sl));
-    used[size_t(sl)] = 1;
-    if (st < 0) throw py::value_error(where + "seq_start[" + std::to_string(s) + "] is negative");
-    if (n < 1) throw py::value_error(where + "seq_lens[" + std::to_string(s) + "] must be >= 1");
-    for (int i = 0; i < n; ++i) {
-      b.tok_pos.push_back(st + i);
-      b.tok_seq.push_back(s);
-    }
-    b.seq_slot.push_back(sl);
-    b.seq_start.push_back(st);
-    b.seq_tok0.push_back(b.seq_tok0.back() + n);
-  }
-  if (b.seq_tok0.back() != T)
-    throw py::value_error(where + "seq_lens sum to " + std::to_string(b.seq_tok0.back()) + " but there are " +
-                          std::to_string(T) + " tokens");
-  return b;
-}
-
-// ---------------------------------------------------------------------------------------------
-// One op call on a backend, without the GIL: owns the allocations and the placed weights.
-// ---------------------------------------------------------------------------------------------
-class Call {
- public:
-  explicit Call(BackendEntry& e) : lock_(e.mutex), b_(*e.backend) {}
-  ~Call() {
-    for (void* p : allocs_) b_.free(p);
-    if (placed_) b_.release_weights();
-  }
-  Backend& backend() { return b_; }
-  DType act() const { return b_.act_type(); }
-
-  template <class T>
-  Status alloc(size_t count, const char* what, T** out) {
-    void* p = nullptr;
-    GPTOSS_RETURN_IF_ERROR(b_.alloc(&p, count * sizeof(T), what));
-    allocs_.push_back(p);
-    *out = static_cast<T*>(p);
-    return Status::Ok();
-  }
-  template <class T>
-  Status upload(const T* src, size_t count, const char* what, T** out) {
-    GPTOSS_RETURN_IF_ERROR(alloc(count, what, out));
-    return b_.copy_to_device(*out, src, count * sizeof(T));
-  }
-  // Activation input: f32 -> act_type.
-  Status upload_act(const float* src, size_t n, const char* what, void** out) {
-    if (act() == DType::F32) return upload(src, n, what, reinterpret_cast<float**>(out));
-    std::vector<bf16_t> h(n);
-    for (size_t i = 0; i < n; ++i) h[i] = f32_to_bf16(src[i]);
-    return upload(h.data(), n, what, reinterpret_cast<bf16_t**>(out));
-  }
-  Status alloc_act(size_t n, const char* what, void** out) {
-    if (act() == DType::F32) return alloc(n, what, reinterpret_cast<float**>(out));
-    return alloc(n, what, reinterpret_cast<bf16_t**>(out));
-  }
-  // Activation output: act_type -> f32.
-  Status download_act(float* dst, const void* src, size_t n) {
-    if (act() == DType::F32) return b_.copy_to_host(dst, src, n * sizeof(float));
-    std::vector<bf16_t> h(n);
-    GPTOSS_RETURN_IF_ERROR(b_.copy_to_host(h.data(), src, n * sizeof(bf16_t)));
-    for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(h[i]);
-    return Status::Ok();
-  }
-  template <class T>
-  Status download(T* dst, const T* src, size_t count) {
-    return b_.copy_to_host(dst, src, count * sizeof(T));
-  }
-  template <class T>
-  Status place(WeightKind kind, const T* host, size_t count, const std::vector<int64_t>& shape, const char* name,
-               const T** out) {
-    placed_ = true;
-    const void* p = nullptr;
-    GPTOSS_RETURN_IF_ERROR(b_.place_weight(kind, host, count * sizeof(T), shape.data(), int(shape.size()), name, &p));
-    *out = static_cast<const T*>(p);
-    return Status::Ok();
-  }
-  // BatchDesc arrays on the device.
-  Status upload_batch(const HostBatch& h, BatchDesc* d) {
-    d->T = h.T;
-    d->S = h.S;
-    GPTOSS_RETURN_IF_ERROR(upload(h.tok_pos.data(), h.tok_pos.size(), "tok_pos", const_cast<int32_t**>(&d->tok_pos)));
-    GPTOSS_RETURN_IF_ERROR(upload(h.tok_seq.data(), h.tok_seq.size(), "tok_seq", const_cast<int32_t**>(&d->tok_seq)));
-    GPTOSS_RETURN_IF_ERROR(upload(h.seq_slot.data(), h.seq_slot.size(), "seq_slot", const_cast<int32_t**>(&d->seq_slot)));
-    GPTOSS_RETURN_IF_ERROR(upload(h.seq_start.data(), h.seq_start.size(), "seq_start", const_cast<int32_t**>(&d->seq_start)));
-    return upload(h.seq_tok0.data(), h.seq_tok0.size(), "seq_tok0", const_cast<int32_t**>(&d->seq_tok0));
-  }
-
- private:
-  std::unique_lock<std::mutex> lock_;
-  Backend& b_;
-  std::vector<void*> allocs_;
-  bool placed_ = false;
-};
-
-// Runs fn(Call&) -> Status without the GIL, then raises for a bad status.
-template <class Fn>
-void run_on(const std::string& device, Fn&& fn) {
-  BackendEntry& entry = backend_for(device);
-  Status st;
-  {
-    py::gil_scoped_release nogil;
-    Call call(entry);
-    st = fn(call);
-    if (st.ok()) st = call.backend().synchronize();
-  }
-  throw_if_error(st);
-}
-
-std::vector<py::ssize_t> dims(std::initializer_list<int64_t> d) { return std::vector<py::ssize_t>(d.begin(), d.end()); }
+using namespace op_bindings;
 
 // ---------------------------------------------------------------------------------------------
 // The ops.
@@ -313,7 +59,7 @@ py::array_t<float> op_embed(const py::object& ids_o, const py::object& table_o, 
   run_on(device, [&](Call& c) -> Status {
     EmbedParams p;
     p.T = T; p.H = H; p.V = V;
-    GPTOSS_RETURN_IF_ERROR(c.upload(ids.data(), size_t(T), "ids", const_cast<int32_t**>(&p.ids)));
+    GPTOSS_RETURN_IF_ERROR(c.upload(ids.data(), size_t(T), "ids", &p.ids));
     GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::EmbeddingBF16, table.data(), size_t(V) * H, ts, "table", &p.table));
     GPTOSS_RETURN_IF_ERROR(c.alloc(size_t(T) * H, "out", &p.out));
     GPTOSS_RETURN_IF_ERROR(c.backend().embed(p));
@@ -348,7 +94,7 @@ py::array_t<float> op_rmsnorm(const py::object& x_o, const py::object& w_o, cons
     float* xd = nullptr;
     GPTOSS_RETURN_IF_ERROR(c.upload(x.data(), size_t(N) * H, "x", &xd));
     p.x = xd;
-    if (gather) GPTOSS_RETURN_IF_ERROR(c.upload(rows.data(), size_t(T), "rows", const_cast<int32_t**>(&p.rows)));
+    if (gather) GPTOSS_RETURN_IF_ERROR(c.upload(rows.data(), size_t(T), "rows", &p.rows));
     GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::VectorF32, w.data(), size_t(H), ws, "w", &p.w));
     GPTOSS_RETURN_IF_ERROR(c.alloc_act(size_t(T) * H, "out", &p.out));
     GPTOSS_RETURN_IF_ERROR(c.backend().rmsnorm(p));
@@ -384,7 +130,7 @@ py::array_t<float> op_dense(const py::object& x_o, const py::object& w_o, const 
     p.T = T; p.K = K; p.N = N; p.ldx = K; p.ldy = N; p.accumulate = accumulate;
     p.x_type = c.act();
     p.y_type = (accumulate || f32_out) ? DType::F32 : c.act();
-    GPTOSS_RETURN_IF_ERROR(c.upload_act(x.data(), size_t(T) * K, "x", const_cast<void**>(&p.x)));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(x.data(), size_t(T) * K, "x", &p.x));
     GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::DenseBF16, w.data(), size_t(N) * K, wsh, "w", &p.w));
     if (has_bias) GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::VectorF32, bias.data(), size_t(N), bs, "bias", &p.bias));
     if (accumulate) {
@@ -430,11 +176,11 @@ py::tuple op_rope(const py::object& q_o, const py::object& k_o, const py::object
     RopeParams p;
     p.batch.T = T;
     p.n_q = nq; p.n_kv = nkv; p.ldq = nq * kHeadDim; p.ldk = nkv * kHeadDim; p.type = c.act();
-    GPTOSS_RETURN_IF_ERROR(c.upload(pos.data(), size_t(T), "positions", const_cast<int32_t**>(&p.batch.tok_pos)));
+    GPTOSS_RETURN_IF_ERROR(c.upload(pos.data(), size_t(T), "positions", &p.batch.tok_pos));
     GPTOSS_RETURN_IF_ERROR(c.upload_act(q.data(), size_t(T) * p.ldq, "q", &p.q));
     GPTOSS_RETURN_IF_ERROR(c.upload_act(k.data(), size_t(T) * p.ldk, "k", &p.k));
-    GPTOSS_RETURN_IF_ERROR(c.upload(cs.data(), size_t(P) * 32, "cos", const_cast<float**>(&p.cos)));
-    GPTOSS_RETURN_IF_ERROR(c.upload(sn.data(), size_t(P) * 32, "sin", const_cast<float**>(&p.sin)));
+    GPTOSS_RETURN_IF_ERROR(c.upload(cs.data(), size_t(P) * 32, "cos", &p.cos));
+    GPTOSS_RETURN_IF_ERROR(c.upload(sn.data(), size_t(P) * 32, "sin", &p.sin));
     GPTOSS_RETURN_IF_ERROR(c.backend().rope(p));
     GPTOSS_RETURN_IF_ERROR(c.download_act(qo_h, p.q, size_t(T) * p.ldq));
     return c.download_act(ko_h, p.k, size_t(T) * p.ldk);
@@ -488,9 +234,9 @@ py::array_t<float> op_attention(const py::object& q_o, const py::object& k_o, co
     p.ldq = p.ldo = nq * kHeadDim;
     p.ldkv = nkv * kHeadDim;
     GPTOSS_RETURN_IF_ERROR(c.upload_batch(hb, &p.batch));
-    GPTOSS_RETURN_IF_ERROR(c.upload_act(q.data(), size_t(T) * p.ldq, "q", const_cast<void**>(&p.q)));
-    GPTOSS_RETURN_IF_ERROR(c.upload_act(k.data(), size_t(T) * p.ldkv, "k", const_cast<void**>(&p.k)));
-    GPTOSS_RETURN_IF_ERROR(c.upload_act(v.data(), size_t(T) * p.ldkv, "v", const_cast<void**>(&p.v)));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(q.data(), size_t(T) * p.ldq, "q", &p.q));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(k.data(), size_t(T) * p.ldkv, "k", &p.k));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(v.data(), size_t(T) * p.ldkv, "v", &p.v));
     const size_t cache_n = size_t(cache.k.size());
     GPTOSS_RETURN_IF_ERROR(c.upload(cache.k.data(), cache_n, "cache_k", reinterpret_cast<uint16_t**>(&p.cache.k)));
     GPTOSS_RETURN_IF_ERROR(c.upload(cache.v.data(), cache_n, "cache_v", reinterpret_cast<uint16_t**>(&p.cache.v)));
@@ -521,8 +267,8 @@ py::tuple op_kv_append(const py::object& k_o, const py::object& v_o, const py::o
     p.act_type = c.act();
     p.ldkv = cache.n_kv * kHeadDim;
     GPTOSS_RETURN_IF_ERROR(c.upload_batch(hb, &p.batch));
-    GPTOSS_RETURN_IF_ERROR(c.upload_act(k.data(), size_t(T) * p.ldkv, "k", const_cast<void**>(&p.k)));
-    GPTOSS_RETURN_IF_ERROR(c.upload_act(v.data(), size_t(T) * p.ldkv, "v", const_cast<void**>(&p.v)));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(k.data(), size_t(T) * p.ldkv, "k", &p.k));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(v.data(), size_t(T) * p.ldkv, "v", &p.v));
     const size_t cache_n = size_t(cache.k.size());
     GPTOSS_RETURN_IF_ERROR(c.upload(cache.k.data(), cache_n, "cache_k", reinterpret_cast<uint16_t**>(&p.cache.k)));
     GPTOSS_RETURN_IF_ERROR(c.upload(cache.v.data(), cache_n, "cache_v", reinterpret_cast<uint16_t**>(&p.cache.v)));
@@ -546,7 +292,7 @@ py::tuple op_router_topk(const py::object& logits_o, int k, const std::string& d
   run_on(device, [&](Call& c) -> Status {
     RouterParams p;
     p.T = T; p.E = E; p.k = k; p.ldl = E;
-    GPTOSS_RETURN_IF_ERROR(c.upload(logits.data(), size_t(T) * E, "logits", const_cast<float**>(&p.logits)));
+    GPTOSS_RETURN_IF_ERROR(c.upload(logits.data(), size_t(T) * E, "logits", &p.logits));
     GPTOSS_RETURN_IF_ERROR(c.alloc(size_t(T) * k, "expert_idx", &p.expert_idx));
     GPTOSS_RETURN_IF_ERROR(c.alloc(size_t(T) * k, "expert_w", &p.expert_w));
     GPTOSS_RETURN_IF_ERROR(c.backend().router_topk(p));
@@ -596,9 +342,9 @@ py::array_t<float> op_moe(const py::object& x_o, const py::object& idx_o, const 
     MoEParams p;
     p.T = T; p.E = E; p.k = k; p.H = H; p.I = I; p.ldx = H; p.ldy = H; p.x_type = c.act();
     p.swiglu_alpha = alpha; p.swiglu_limit = limit;
-    GPTOSS_RETURN_IF_ERROR(c.upload_act(x.data(), size_t(T) * H, "x", const_cast<void**>(&p.x)));
-    GPTOSS_RETURN_IF_ERROR(c.upload(idx.data(), size_t(T) * k, "expert_idx", const_cast<int32_t**>(&p.expert_idx)));
-    GPTOSS_RETURN_IF_ERROR(c.upload(ew.data(), size_t(T) * k, "expert_w", const_cast<float**>(&p.expert_w)));
+    GPTOSS_RETURN_IF_ERROR(c.upload_act(x.data(), size_t(T) * H, "x", &p.x));
+    GPTOSS_RETURN_IF_ERROR(c.upload(idx.data(), size_t(T) * k, "expert_idx", &p.expert_idx));
+    GPTOSS_RETURN_IF_ERROR(c.upload(ew.data(), size_t(T) * k, "expert_w", &p.expert_w));
     GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::Mxfp4Blocks, w1b.data(), size_t(w1b.size()), w1bs, "w1_blocks", &p.w1_blocks));
     GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::Mxfp4Scales, w1s.data(), size_t(w1s.size()), w1ss, "w1_scales", &p.w1_scales));
     GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::VectorF32, b1.data(), size_t(b1.size()), b1s, "b1", &p.b1));
@@ -654,9 +400,9 @@ py::tuple op_sample(const py::object& logits_o, const py::object& temp_o, const 
   run_on(device, [&](Call& c) -> Status {
     SampleParams p;
     p.S = S; p.V = V; p.ldl = V;
-    GPTOSS_RETURN_IF_ERROR(c.upload(logits.data(), size_t(S) * V, "logits", const_cast<float**>(&p.logits)));
-    GPTOSS_RETURN_IF_ERROR(c.upload(cfg.data(), cfg.size(), "sampling configs", const_cast<SamplingConfig**>(&p.cfg)));
-    GPTOSS_RETURN_IF_ERROR(c.upload(counter.data(), size_t(S), "counter", const_cast<int64_t**>(&p.counter)));
+    GPTOSS_RETURN_IF_ERROR(c.upload(logits.data(), size_t(S) * V, "logits", &p.logits));
+    GPTOSS_RETURN_IF_ERROR(c.upload(cfg.data(), cfg.size(), "sampling configs", &p.cfg));
+    GPTOSS_RETURN_IF_ERROR(c.upload(counter.data(), size_t(S), "counter", &p.counter));
     GPTOSS_RETURN_IF_ERROR(c.alloc(size_t(S), "out_token", &p.out_token));
     GPTOSS_RETURN_IF_ERROR(c.alloc(size_t(S), "out_logprob", &p.out_logprob));
     GPTOSS_RETURN_IF_ERROR(c.backend().sample(p));

@@ -29,9 +29,14 @@ std::string cpu_model_name() {
   return "unknown CPU";
 }
 
+// Free physical memory, for out-of-memory messages (0 where the OS does not say).
 size_t free_host_bytes() {
+#if defined(_SC_AVPHYS_PAGES)
   const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
   return pages > 0 && page > 0 ? size_t(pages) * size_t(page) : 0;
+#else
+  return 0;
+#endif
 }
 
 class CpuBackend final : public Backend {

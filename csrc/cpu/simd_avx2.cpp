@@ -15,6 +15,9 @@
 namespace gptoss {
 namespace {
 
+// Weight row streams are prefetched this far ahead, one prefetch per cache line (see simd_avx512.cpp).
+constexpr int kPrefetchBytes = 2048;
+
 inline __m256 load_bf16(const uint16_t* p) {
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
@@ -45,6 +48,7 @@ void gemv_bf16_tile(const uint16_t* w, size_t ldw, int K, const float* x, size_t
     __m256 xv[NT];
     for (int t = 0; t < NT; ++t) xv[t] = _mm256_loadu_ps(x + size_t(t) * ldx + k);
     for (int r = 0; r < NR; ++r) {
+      if ((k & 31) == 0) _mm_prefetch(reinterpret_cast<const char*>(w + size_t(r) * ldw + k) + kPrefetchBytes, _MM_HINT_T0);
       const __m256 wv = load_bf16(w + size_t(r) * ldw + k);
       for (int t = 0; t < NT; ++t) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
     }
@@ -88,6 +92,7 @@ void gemv_mxfp4_tile(const uint8_t* blocks, const uint8_t* scales, int nb, const
     for (int t = 0; t < NT; ++t) acc[r][t] = _mm256_setzero_ps();
   for (int b = 0; b < nb; ++b) {
     for (int r = 0; r < NR; ++r) {
+      if ((b & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(blocks + r * ldb + b * 16) + kPrefetchBytes, _MM_HINT_T0);
       const __m256 tab = _mm256_mul_ps(mag, _mm256_set1_ps(e8m0[scales[size_t(r) * nb + b]]));
       for (int half = 0; half < 2; ++half) {
         const __m256i q = _mm256_cvtepu8_epi32(

@@ -1,5 +1,6 @@
 // AVX-512 micro-kernels (16 f32 lanes; compiled with -mavx512f/bw/vl/dq -mfma, run only when
 // CPUID says so). See simd.h for the layouts.
+//  * Weight streams are software-prefetched kPrefetchBytes ahead.
 //  * bf16 GEMV: a tile of NR weight rows x NT tokens keeps NR*NT accumulators in registers; each
 //    16-element weight chunk is widened (vpmovzxwd + shift) once and FMA'd with every token. The
 //    K tail uses masked loads, so every (row, token) output sees the same operation sequence.
@@ -22,6 +23,11 @@
 namespace gptoss {
 namespace {
 
+// Weight rows are streamed from memory at decode; each row stream is prefetched this far ahead
+// (one prefetch per cache line). The hardware prefetcher alone restarts at every 4 KiB page of
+// every row stream; measured +10-15% on a 2-core Xeon VM (13 GB/s, its single-stream read rate).
+constexpr int kPrefetchBytes = 2048;
+
 inline __m512 widen_bf16(__m256i h) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
@@ -43,6 +49,7 @@ void gemv_bf16_tile(const uint16_t* w, size_t ldw, int K, const float* x, size_t
     __m512 xv[NT];
     for (int t = 0; t < NT; ++t) xv[t] = _mm512_loadu_ps(x + size_t(t) * ldx + k);
     for (int r = 0; r < NR; ++r) {
+      if ((k & 31) == 0) _mm_prefetch(reinterpret_cast<const char*>(w + size_t(r) * ldw + k) + kPrefetchBytes, _MM_HINT_T0);
       const __m512 wv = load_bf16(w + size_t(r) * ldw + k);
       for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
     }
@@ -94,6 +101,7 @@ void gemv_mxfp4_tile(const uint8_t* blocks, const uint8_t* scales, int nb, const
       xo[t] = _mm512_loadu_ps(xp + size_t(t) * ldx + b * 32 + 16);
     }
     for (int r = 0; r < NR; ++r) {
+      if ((b & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(blocks + r * ldb + b * 16) + kPrefetchBytes, _MM_HINT_T0);
       const __m512i q = _mm512_cvtepu8_epi32(
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks + r * ldb + b * 16)));
       const __m512 tab = _mm512_mul_ps(lut, _mm512_set1_ps(e8m0[scales[size_t(r) * nb + b]]));

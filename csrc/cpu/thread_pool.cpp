@@ -1,6 +1,7 @@
-// ThreadPool: a generation counter publishes each job; workers spin on it briefly, then sleep.
-// Every worker acknowledges every job (done_), so the caller never returns while a worker could
-// still touch the job's closure, which lives on the caller's stack.
+// ThreadPool: a generation counter opens and closes each job; workers spin on it briefly, then
+// sleep. A worker joins an open job by entering active_ and re-checking the generation; the caller
+// closes the job after its own chunks and waits until active_ is 0, so it never returns while a
+// worker could still touch the job's closure (which lives on the caller's stack).
 #include "cpu/thread_pool.h"
 
 #include <algorithm>
@@ -39,7 +40,7 @@ ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(sleep_mutex_);
     stop_.store(true);
-    gen_.fetch_add(1);
+    gen_.fetch_add(2);  // a change every worker wakes for; stays closed
   }
   cv_.notify_all();
   for (auto& t : workers_) t.join();
@@ -71,41 +72,46 @@ void ThreadPool::run(int64_t n, int64_t grain, Trampoline tramp, void* ctx) {
   n_ = n;
   chunk_ = std::max(grain, (n + target - 1) / target);
   next_.store(0, std::memory_order_relaxed);
-  done_.store(0, std::memory_order_relaxed);
-  gen_.fetch_add(1, std::memory_order_seq_cst);  // publishes the fields above
+  gen_.fetch_add(1, std::memory_order_seq_cst);  // open (odd); publishes the fields above
   if (sleeping_.load(std::memory_order_seq_cst) > 0) {
     std::lock_guard<std::mutex> g(sleep_mutex_);
     cv_.notify_all();
   }
   claim_chunks();
-  const int nworkers = int(workers_.size());
-  while (done_.load(std::memory_order_acquire) < nworkers) GPTOSS_CPU_RELAX();
+  gen_.fetch_add(1, std::memory_order_seq_cst);  // close (even): no worker joins from now on
+  while (active_.load(std::memory_order_seq_cst) != 0) GPTOSS_CPU_RELAX();
 }
 
 void ThreadPool::worker_loop() {
-  uint64_t seen = gen_.load(std::memory_order_acquire);
+  // Not gen_.load(): a worker that starts after the first job was opened must still see it.
+  uint64_t seen = 0;
   for (;;) {
-    // Spin first: the next op of a decode step usually arrives within microseconds.
+    // Spin first: the next op of a decode step usually arrives within microseconds. Yield now
+    // and then so a spinning worker does not starve other runnable threads on a busy machine.
     auto t0 = std::chrono::steady_clock::now();
     uint64_t g;
     for (int i = 0;; ++i) {
       g = gen_.load(std::memory_order_acquire);
       if (g != seen) break;
       GPTOSS_CPU_RELAX();
-      if ((i & 255) == 255 &&
-          std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(kSpinMicros)) {
-        std::unique_lock<std::mutex> lock(sleep_mutex_);
-        sleeping_.fetch_add(1, std::memory_order_seq_cst);
-        cv_.wait(lock, [&] { return gen_.load(std::memory_order_seq_cst) != seen; });
-        sleeping_.fetch_sub(1, std::memory_order_seq_cst);
-        g = gen_.load(std::memory_order_acquire);
-        break;
+      if ((i & 1023) == 1023) {
+        std::this_thread::yield();
+        if (std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(kSpinMicros)) {
+          std::unique_lock<std::mutex> lock(sleep_mutex_);
+          sleeping_.fetch_add(1, std::memory_order_seq_cst);
+          cv_.wait(lock, [&] { return gen_.load(std::memory_order_seq_cst) != seen; });
+          sleeping_.fetch_sub(1, std::memory_order_seq_cst);
+          g = gen_.load(std::memory_order_acquire);
+          break;
+        }
       }
     }
     seen = g;
     if (stop_.load()) return;
-    claim_chunks();
-    done_.fetch_add(1, std::memory_order_release);
+    if ((g & 1) == 0) continue;  // a job was closed: wait for the next one
+    active_.fetch_add(1, std::memory_order_seq_cst);
+    if (gen_.load(std::memory_order_seq_cst) == g) claim_chunks();
+    active_.fetch_sub(1, std::memory_order_seq_cst);
   }
 }
 

@@ -3,8 +3,9 @@
 // (MoE experts with different token counts, attention rows of different lengths) balance out.
 //
 // Decode issues ~10 small ops per layer, so dispatch latency matters more than throughput here:
-// idle workers spin (with pause) for kSpinMicros before they sleep on a condition variable, and the
-// caller always takes a share of the work itself. Which thread runs an item never changes what
+// idle workers spin (with pause) for kSpinMicros before they sleep on a condition variable, the
+// caller always takes a share of the work itself, and it never waits for a worker that has not
+// joined the job (see gen_ below). Which thread runs an item never changes what
 // the item computes, so results do not depend on the thread count.
 #pragma once
 
@@ -50,16 +51,21 @@ class ThreadPool {
   std::vector<std::thread> workers_;
   std::mutex run_mutex_;  // one parallel_for at a time per pool
 
-  // The current job. Written by the caller before gen_ is bumped, read by workers after they see
-  // the new generation (release/acquire on gen_).
+  // The current job. Written by the caller before gen_ opens it, read by workers only while they
+  // are counted in active_ and have seen gen_ still equal to the open value.
   Trampoline tramp_ = nullptr;
   void* ctx_ = nullptr;
   int64_t n_ = 0, chunk_ = 1;
   std::atomic<int64_t> next_{0};
 
-  std::atomic<uint64_t> gen_{0};    // bumped once per job
-  std::atomic<int> done_{0};        // workers finished with the current job
-  std::atomic<int> sleeping_{0};    // workers blocked on cv_ (seq_cst with gen_: Dekker-style)
+  // Odd: a job is open; even: closed. The caller opens a job, runs chunks itself, closes it and
+  // then waits only for the workers that joined (active_), never for a worker that is asleep or
+  // descheduled: with more threads than free cores a job still costs no more than its work.
+  // active_ and gen_ are seq_cst on both sides (Dekker-style): a worker either sees the job
+  // closed or is seen by the caller's wait.
+  std::atomic<uint64_t> gen_{0};
+  std::atomic<int> active_{0};
+  std::atomic<int> sleeping_{0};    // workers blocked on cv_ (seq_cst with gen_, as above)
   std::atomic<bool> stop_{false};
   std::mutex sleep_mutex_;
   std::condition_variable cv_;
