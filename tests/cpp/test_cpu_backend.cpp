@@ -66,7 +66,7 @@ int main() {
   AttentionParams a;
   a.batch = BatchDesc{1, 1, pos, seq, slot, start, tok0};
   uint16_t cache[128] = {};
-  a.cache = KVCacheView{cache, cache, 1, 2, 1};  // 1 slot, 2 kv heads, 1 position
+  a.cache = KVCacheView{cache, cache, DType::BF16, 1, 2, 1};  // 1 slot, 2 kv heads, 1 position
   a.q = x; a.k = x; a.v = x; a.out = y; a.sinks = x; a.n_q = 3; a.n_kv = 2; a.ldq = a.ldo = 192; a.ldkv = 128;
   s = b->attention(a);
   CHECK(s.code == StatusCode::InvalidArgument && contains(s.message, "multiple of n_kv"), "n_q %% n_kv: %s",
