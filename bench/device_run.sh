@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One batched call on a lent GPU machine (no network there): install the carried wheels from .whl/
+# (our cp312 wheel built here, openai-harmony, gpt-oss, and the o200k vocabulary file), then run the
+# requested stages, logging each under $OUT. Usage: bench/device_run.sh [tests] [e2e] [bench20b] [sanitize]
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/gptoss-out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1; cat "$OUT/gpu.txt"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site GPT_OSS_C_VOCAB=$PWD/.whl/o200k_base.tiktoken.gz
+python3 -c "import gpt_oss_c, gpt_oss_c._core as c; print(gpt_oss_c.build_info(), 'cuda_available', c.cuda_available())" || exit 1
+
+for stage in "$@"; do
+  case "$stage" in
+    tests)
+      for f in test_cuda_backend test_cuda_moe_dense test_ops; do
+        timeout 200 python3 -m pytest -q -ra --maxfail=10 -p no:cacheprovider "tests/python/$f.py" -k cuda \
+          > "$OUT/$f.log" 2>&1
+        echo "== $f: $(tail -n 1 "$OUT/$f.log")"
+        grep -E "^(FAILED|ERROR)" "$OUT/$f.log" | head -12
+      done ;;
+    e2e)
+      timeout 240 python3 -m pytest -q -ra --maxfail=10 -p no:cacheprovider tests/python/test_engine.py \
+        tests/python/test_oracle.py tests/python/test_generate.py tests/python/test_errors.py -k "cuda" > "$OUT/e2e.log" 2>&1
+      echo "== e2e: $(tail -n 1 "$OUT/e2e.log")"; grep -E "^(FAILED|ERROR)" "$OUT/e2e.log" | head -12 ;;
+    bench20b)
+      timeout 300 python3 -m gpt_oss_c.bench --size 20b --quick --out "$OUT/bench20b.json" > "$OUT/bench20b.log" 2>&1
+      tail -n 30 "$OUT/bench20b.log" ;;
+    sanitize)
+      timeout 500 compute-sanitizer --tool memcheck python3 -m pytest -q -x -p no:cacheprovider \
+        tests/python/test_cuda_backend.py -k "cuda" 2>&1 | tee "$OUT/memcheck.log" | tail -30 ;;
+  esac
+done
