@@ -183,6 +183,7 @@ Status CudaBackend::copy_to_host(void* dst, const void* src, size_t bytes) {
   GPTOSS_RETURN_IF_ERROR(use_device());
   GPTOSS_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
   GPTOSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (profiler_.enabled()) profiler_.collect();
   return take_device_error();
 }
 
@@ -363,43 +364,65 @@ Status CudaBackend::op_done(Status s, const char* op) {
   return s;
 }
 
-Status CudaBackend::embed(const EmbedParams& p) { return op_done(launch_embed(p, stream_), "embed"); }
-Status CudaBackend::rmsnorm(const RMSNormParams& p) { return op_done(launch_rmsnorm(p, stream_), "rmsnorm"); }
-Status CudaBackend::dense(const DenseParams& p) { return op_done(launch_dense_bf16(p, stream_), "dense"); }
-Status CudaBackend::rope(const RopeParams& p) { return op_done(launch_rope(p, stream_), "rope"); }
+namespace {
+std::string dims(std::initializer_list<std::pair<const char*, long>> d) {
+  std::string s;
+  for (auto& [k, v] : d) s += std::string(s.empty() ? "" : " ") + k + "=" + std::to_string(v);
+  return s;
+}
+// Token counts above 64 are prefill: one profile row for all of them.
+long tok(int T) { return T <= 64 ? T : -1; }
+}  // namespace
+
+Status CudaBackend::embed(const EmbedParams& p) {
+  return run_op("embed", dims({{"T", tok(p.T)}}), [&] { return launch_embed(p, stream_); });
+}
+Status CudaBackend::rmsnorm(const RMSNormParams& p) {
+  return run_op("rmsnorm", dims({{"T", tok(p.T)}}), [&] { return launch_rmsnorm(p, stream_); });
+}
+Status CudaBackend::dense(const DenseParams& p) {
+  return run_op("dense", dims({{"T", tok(p.T)}, {"N", p.N}, {"K", p.K}}), [&] { return launch_dense_bf16(p, stream_); });
+}
+Status CudaBackend::rope(const RopeParams& p) {
+  return run_op("rope", dims({{"T", tok(p.batch.T)}}), [&] { return launch_rope(p, stream_); });
+}
 Status CudaBackend::kv_append(const KVAppendParams& p) {
-  return op_done(launch_kv_append(p, device_errors_, stream_), "kv_append");
+  return run_op("kv_append", dims({{"T", tok(p.batch.T)}}), [&] { return launch_kv_append(p, device_errors_, stream_); });
 }
 Status CudaBackend::router_topk(const RouterParams& p) {
-  return op_done(launch_router_topk(p, stream_), "router_topk");
+  return run_op("router_topk", dims({{"T", tok(p.T)}}), [&] { return launch_router_topk(p, stream_); });
 }
 
 Status CudaBackend::attention(const AttentionParams& p) {
-  Status s = ensure_scratch(&attn_scratch_, attention_step_workspace_bytes(p, num_sms_), "attention split-K scratch");
-  if (s.ok())
-    s = launch_attention(p, AttentionWorkspace{attn_scratch_.ptr, attn_scratch_.bytes, num_sms_, device_errors_},
-                         stream_);
-  return op_done(s, "attention");
+  return run_op("attention", dims({{"T", tok(p.batch.T)}, {"window", p.window}}), [&] {
+    Status s = ensure_scratch(&attn_scratch_, attention_step_workspace_bytes(p, num_sms_), "attention split-K scratch");
+    if (!s.ok()) return s;
+    return launch_attention(p, AttentionWorkspace{attn_scratch_.ptr, attn_scratch_.bytes, num_sms_, device_errors_},
+                            stream_);
+  });
 }
 
 Status CudaBackend::moe(const MoEParams& p) {
-  BackendLimits l;  // what this call needs; reserve() normally made the workspace larger already
-  l.max_tokens = p.T;
-  l.hidden = p.H;
-  l.intermediate = p.I;
-  l.n_experts = p.E;
-  l.top_k = p.k;
-  Status s = ensure_scratch(&moe_scratch_, moe_workspace_bytes(l), "MoE workspace");
-  if (s.ok()) s = launch_moe_mxfp4(p, moe_scratch_.ptr, moe_scratch_.bytes, stream_);
-  return op_done(s, "moe");
+  return run_op("moe", dims({{"T", tok(p.T)}}), [&] {
+    BackendLimits l;  // what this call needs; reserve() normally made the workspace larger already
+    l.max_tokens = p.T;
+    l.hidden = p.H;
+    l.intermediate = p.I;
+    l.n_experts = p.E;
+    l.top_k = p.k;
+    Status s = ensure_scratch(&moe_scratch_, moe_workspace_bytes(l), "MoE workspace");
+    if (!s.ok()) return s;
+    return launch_moe_mxfp4(p, moe_scratch_.ptr, moe_scratch_.bytes, stream_);
+  });
 }
 
 Status CudaBackend::sample(const SampleParams& p) {
-  Status s = ensure_scratch(&sample_scratch_, sample_workspace_bytes(p.S), "sampling scratch");
-  if (s.ok())
-    s = launch_sample(p, SampleWorkspace{sample_scratch_.ptr, sample_scratch_.bytes, num_sms_, device_errors_},
-                      stream_);
-  return op_done(s, "sample");
+  return run_op("sample", dims({{"S", p.S}}), [&] {
+    Status s = ensure_scratch(&sample_scratch_, sample_workspace_bytes(p.S), "sampling scratch");
+    if (!s.ok()) return s;
+    return launch_sample(p, SampleWorkspace{sample_scratch_.ptr, sample_scratch_.bytes, num_sms_, device_errors_},
+                         stream_);
+  });
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@
 
 #include "backend.h"
 #include "device_errors.cuh"
+#include "op_profiler.cuh"
 
 namespace gptoss {
 
@@ -96,6 +97,15 @@ class CudaBackend final : public Backend {
   // Every op goes through here: a failed op during capture ends (and discards) the capture, so the
   // stream is usable again and capture_end reports why.
   Status op_done(Status s, const char* op);
+  // Runs one op's launcher, timed by the profiler when it is on and no graph is being captured.
+  template <class Launch>
+  Status run_op(const char* op, const std::string& shape, Launch&& launch) {
+    const bool timed = profiler_.enabled() && !capturing_;
+    if (timed) profiler_.begin(std::string(op) + " " + shape, stream_);
+    Status s = launch();
+    if (timed) profiler_.end(stream_);
+    return op_done(s, op);
+  }
   // After a stream synchronisation: the first bad input a kernel recorded since the last check
   // (cuda/device_errors.cuh), as InvalidArgument, and the record cleared.
   Status take_device_error();
@@ -121,6 +131,7 @@ class CudaBackend final : public Backend {
   bool capturing_ = false;
   std::string capture_error_;  // why the last capture was aborted, reported by capture_end
   std::map<int, cudaGraphExec_t> graphs_;
+  OpProfiler profiler_;
 };
 
 }  // namespace gptoss
