@@ -347,7 +347,7 @@ __global__ void __launch_bounds__(kGemmWarps * 32, 1) bf16_mxfp4w_moe_gemm(MoeGe
 // ---------------------------------------------------------------------------------------------
 // launchers
 // ---------------------------------------------------------------------------------------------
-constexpr size_t kWsAlign = 256;
+constexpr size_t kWsAlign = 256;  // sub-buffer alignment within the workspace
 
 size_t align_up(size_t v) { return (v + kWsAlign - 1) / kWsAlign * kWsAlign; }
 
@@ -466,10 +466,12 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
   const size_t S = size_t(p.T) * size_t(p.k);
   if (S > size_t(1) << 30) return make_error(StatusCode::InvalidArgument, "moe: too many slots" + shape);
   const size_t need = workspace_layout(S, size_t(p.E), size_t(p.H), size_t(p.I), nullptr, nullptr);
-  if (!workspace || workspace_bytes < need || !aligned(workspace, kWsAlign))
+  if (!workspace || !aligned(workspace, 16))
+    return make_error(StatusCode::InvalidArgument, "moe: the workspace must be a 16-byte aligned device buffer" + shape);
+  if (workspace_bytes < need)
     return make_error(StatusCode::InvalidArgument, "moe: workspace of " + std::to_string(workspace_bytes) +
-                                                       " bytes (256-byte aligned) is too small: this step needs " +
-                                                       std::to_string(need) + "; size it with moe_workspace_bytes" + shape);
+                                                       " bytes is too small: this step needs " + std::to_string(need) +
+                                                       "; size it with moe_workspace_bytes" + shape);
   MoeWorkspace w;
   workspace_layout(S, size_t(p.E), size_t(p.H), size_t(p.I), static_cast<char*>(workspace), &w);
 

@@ -48,7 +48,9 @@
 
 namespace gptoss {
 
-// Scratch for launch_moe_mxfp4 at the largest step `limits` allows (max_tokens x top_k slots).
+// Scratch for launch_moe_mxfp4 at the largest step `limits` allows (max_tokens x top_k slots):
+// about max_tokens * top_k * (2 I + 4 H) bytes (bf16 z, f32 partials) plus small index arrays.
+// The buffer passed to launch_moe_mxfp4 must be 16-byte aligned (cudaMalloc's 256 is fine).
 size_t moe_workspace_bytes(const BackendLimits& limits);
 
 // y[t] += sum_j w[t, j] * (W2[e] swiglu(W1[e] x[t] + b1[e]) + b2[e]) (ops.h). x bf16 [T][ldx]
