@@ -17,10 +17,11 @@
 // is exact for every scale byte.
 //
 // bf16_mxfp4w_moe_gemm (prefill, many tokens per expert): block = 128 weight rows (8 warps x 2
-// row tiles, 2 token halves) x BM sorted rows of one expert. The token tile goes through a
-// 4-stage cp.async pipeline in shared memory (rows gathered by token index for mlp1, zero-filled
-// past the expert's rows and past K); each warp loads its weight rows straight into registers one
-// chunk ahead. Here the scale multiplies the bf16 A operand (exact: fp4 * 2^(s-127) is a bf16).
+// row tiles, 2 token halves) x BM sorted rows of one expert. The token tile (rows gathered by
+// token index for mlp1, zero-filled past the expert's rows and past K) and the packed weight
+// tiles go through a 4-stage cp.async pipeline in shared memory; each warp dequantises its two
+// row tiles from there. Here the scale multiplies the bf16 A operand (exact: fp4 * 2^(s-127) is a
+// bf16).
 #include "moe_mxfp4.cuh"
 
 #include <cuda_bf16.h>
@@ -205,16 +206,28 @@ constexpr int kGemmWarps = 8;
 constexpr int kGemmStages = 4;
 constexpr int kGemmRowTiles = 8;  // 16-row tiles per block: 4 row warps x 2
 
+// Shared memory per pipeline stage: BM token rows x 128 swizzled bytes, then the block's 8 row
+// tiles of packed codes (8 x 512 bytes, in the device layout, read back by each lane at its own
+// 16 bytes: conflict-free) and their scales (8 x 32 bytes).
+template <int BM>
+constexpr uint32_t moe_gemm_stage_bytes() {
+  return BM * 128 + kGemmRowTiles * (kMxfp4ChunkBytes + kMxfp4ScaleChunkBytes);
+}
+
 // grid.x = token-tile slots (BM sorted rows of one expert), grid.y = groups of 8 row tiles.
+// Registers stay under 128 so that two blocks (16 warps) share an SM.
 template <int BM, bool kMlp1>
-__global__ void __launch_bounds__(kGemmWarps * 32, 1) bf16_mxfp4w_moe_gemm(MoeGemmArgs a) {
-  constexpr int NT = BM / 16;                      // n8 tiles per warp (a warp owns BM / 2 rows)
+__global__ void __launch_bounds__(kGemmWarps * 32, 2) bf16_mxfp4w_moe_gemm(MoeGemmArgs a) {
+  constexpr int NT = BM / 16;                        // n8 tiles per warp (a warp owns BM / 2 rows)
   constexpr int kRowsPerPass = kGemmWarps * 32 / 8;  // loader: 8 chunks of 16 bytes per row
   constexpr int kPasses = BM / kRowsPerPass;
-  constexpr uint32_t kStageBytes = BM * 128;
+  constexpr uint32_t kStageBytes = moe_gemm_stage_bytes<BM>();
+  constexpr uint32_t kCodesOff = BM * 128, kScalesOff = kCodesOff + kGemmRowTiles * kMxfp4ChunkBytes;
   static_assert(BM % kRowsPerPass == 0 && NT >= 2, "BM must be 32, 64 or 128");
   static_assert(kMxfp4TileRows == 16 && kMxfp4ChunkK == 64, "one mma m16 tile x 4 k16 steps per chunk");
-  extern __shared__ uint4 smem[];  // [kGemmStages][BM rows][8 chunks]
+  static_assert(kGemmRowTiles * kMxfp4ChunkBytes == kGemmWarps * 32 * 16, "one 16-byte copy of codes per thread");
+  static_assert(kGemmRowTiles * kMxfp4ScaleChunkBytes <= kGemmWarps * 32 * 16, "scales fit one copy per thread");
+  extern __shared__ uint4 smem[];  // [kGemmStages][stage]
 
   const int slot_tile = blockIdx.x;
   if (slot_tile >= *a.n_tiles) return;
@@ -224,10 +237,10 @@ __global__ void __launch_bounds__(kGemmWarps * 32, 1) bf16_mxfp4w_moe_gemm(MoeGe
   const int e = a.tile_expert[slot_tile], row0 = a.tile_row0[slot_tile];
   const int cnt = min(BM, a.expert_off[e + 1] - row0);
   const int RT = a.R / kMxfp4TileRows;
-  const int rt0 = blockIdx.y * kGemmRowTiles + 2 * wr;
-  const bool vt[2] = {rt0 < RT, rt0 + 1 < RT};
+  const int rtb = blockIdx.y * kGemmRowTiles;  // the block's first row tile
+  const bool vt[2] = {rtb + 2 * wr < RT, rtb + 2 * wr + 1 < RT};
 
-  // Loader: chunk lq of token rows lrow + 32 p.
+  // Loader, tokens: chunk lq of token rows lrow + 32 p.
   const int lq = tid & 7, lrow = tid >> 3;
   const bf16_t* src[kPasses];
   bool vrow[kPasses];
@@ -239,28 +252,31 @@ __global__ void __launch_bounds__(kGemmWarps * 32, 1) bf16_mxfp4w_moe_gemm(MoeGe
     if (vrow[p]) brow = a.gather_k ? a.sorted_slot[row0 + row] / a.gather_k : row0 + row;
     src[p] = a.act + size_t(brow) * a.ld_act + 8 * lq;
   }
+  // Loader, weights: thread tid copies 16 bytes of row tile tid / 32 (lane tid % 32), and threads
+  // below 16 copy 16 bytes of scales (row tile tid / 2, half tid % 2). Row tiles past RT are
+  // zero-filled (and never used).
+  const int wtile = tid >> 5;
+  const bool vw = rtb + wtile < RT;
+  const uint8_t* wsrc = a.wb + mxfp4_block_offset(size_t(e) * RT + (vw ? rtb + wtile : 0), a.chunks, 0) + (tid & 31) * 16;
+  const int stile = tid >> 1;
+  const bool vs = tid < 2 * kGemmRowTiles && rtb + stile < RT;
+  const uint8_t* ssrc = a.ws + mxfp4_scale_offset(size_t(e) * RT + (vs ? rtb + stile : 0), a.chunks, 0) + (tid & 1) * 16;
+
   const uint32_t smem0 = tc::smem_addr(smem);
   auto load_stage = [&](int slot, int chunk) {
+    const uint32_t base = smem0 + slot * kStageBytes;
     const int k = chunk * 64 + 8 * lq;
     const bool vk = k < a.K;
 #pragma unroll
     for (int p = 0; p < kPasses; ++p) {
       const int row = lrow + kRowsPerPass * p;
-      const uint32_t dst = smem0 + slot * kStageBytes + row * 128 + tc::swizzle_chunk(row, lq) * 16;
+      const uint32_t dst = base + row * 128 + tc::swizzle_chunk(row, lq) * 16;
       tc::cp_async_16(dst, vk && vrow[p] ? src[p] + chunk * 64 : src[p], vk && vrow[p]);
     }
+    tc::cp_async_16(base + kCodesOff + tid * 16, wsrc + size_t(chunk) * kMxfp4ChunkBytes, vw);
+    if (tid < 2 * kGemmRowTiles)
+      tc::cp_async_16(base + kScalesOff + tid * 16, ssrc + size_t(chunk) * kMxfp4ScaleChunkBytes, vs);
   };
-
-  // Weight rows of this warp: row tiles rt0, rt0 + 1 (an invalid one reads tile rt0's bytes and
-  // is never used).
-  const uint8_t* wp[2];
-  const uint8_t* sp[2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const size_t gtile = size_t(e) * RT + (vt[i] ? rt0 + i : (vt[0] ? rt0 : 0));
-    wp[i] = a.wb + mxfp4_block_offset(gtile, a.chunks, 0) + lane * 16;
-    sp[i] = a.ws + mxfp4_scale_offset(gtile, a.chunks, 0) + r * 4;
-  }
 
   float acc[2][NT][4];
 #pragma unroll
@@ -273,13 +289,6 @@ __global__ void __launch_bounds__(kGemmWarps * 32, 1) bf16_mxfp4w_moe_gemm(MoeGe
     if (s < a.chunks) load_stage(s, s);
     tc::cp_async_commit();
   }
-  uint4 wcur[2];
-  uint32_t scur[2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    wcur[i] = tc::ldg_stream_128(wp[i]);
-    scur[i] = tc::ldg_stream_32(sp[i]);
-  }
 
   for (int j = 0; j < a.chunks; ++j) {
     tc::cp_async_wait<kGemmStages - 2>();
@@ -287,17 +296,15 @@ __global__ void __launch_bounds__(kGemmWarps * 32, 1) bf16_mxfp4w_moe_gemm(MoeGe
     const int jn = j + kGemmStages - 1;
     if (jn < a.chunks) load_stage(jn % kGemmStages, jn);
     tc::cp_async_commit();
-    // Next chunk's weights (the last iteration re-reads its own chunk, harmlessly).
-    const int jw = j + 1 < a.chunks ? j + 1 : j;
-    uint4 wnext[2];
-    uint32_t snext[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      wnext[i] = tc::ldg_stream_128(wp[i] + size_t(jw) * kMxfp4ChunkBytes);
-      snext[i] = tc::ldg_stream_32(sp[i] + size_t(jw) * kMxfp4ScaleChunkBytes);
-    }
 
     const uint32_t stage = smem0 + (j % kGemmStages) * kStageBytes;
+    uint4 wcur[2];
+    uint32_t scur[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      wcur[i] = tc::lds_128(stage + kCodesOff + (2 * wr + i) * kMxfp4ChunkBytes + lane * 16);
+      scur[i] = tc::lds_32(stage + kScalesOff + (2 * wr + i) * kMxfp4ScaleChunkBytes + r * 4);
+    }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       if (j * 64 + 32 * h >= a.K) continue;  // the pad half of a last half chunk
@@ -328,11 +335,6 @@ __global__ void __launch_bounds__(kGemmWarps * 32, 1) bf16_mxfp4w_moe_gemm(MoeGe
                                  tc::word(b, 2 * q + 1));
       }
     }
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      wcur[i] = wnext[i];
-      scur[i] = snext[i];
-    }
   }
   tc::cp_async_wait<0>();
 
@@ -340,7 +342,8 @@ __global__ void __launch_bounds__(kGemmWarps * 32, 1) bf16_mxfp4w_moe_gemm(MoeGe
   for (int i = 0; i < 2; ++i) {
     if (!vt[i]) continue;
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) moe_epilogue<kMlp1>(a, e, row0, cnt, rt0 + i, r, wt * (BM / 2) + 8 * nt + 2 * c, acc[i][nt]);
+    for (int nt = 0; nt < NT; ++nt)
+      moe_epilogue<kMlp1>(a, e, row0, cnt, rtb + 2 * wr + i, r, wt * (BM / 2) + 8 * nt + 2 * c, acc[i][nt]);
   }
 }
 
@@ -398,7 +401,7 @@ Status launch_gemv(const MoeGemmArgs& a, int max_tiles, cudaStream_t stream) {
 
 template <int BM, bool kMlp1>
 Status launch_gemm(const MoeGemmArgs& a, int max_tiles, cudaStream_t stream) {
-  constexpr int kSmem = kGemmStages * BM * 128;
+  constexpr int kSmem = kGemmStages * moe_gemm_stage_bytes<BM>();
   auto kernel = bf16_mxfp4w_moe_gemm<BM, kMlp1>;
   GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   const int row_tiles = a.R / kMxfp4TileRows;
@@ -460,8 +463,8 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
     return make_error(StatusCode::InvalidArgument,
                       "moe: x must be 16-byte aligned with ldx >= H and ldx % 8 == 0, got ldx=" + std::to_string(p.ldx) + shape);
   if (p.ldy < p.H) return make_error(StatusCode::InvalidArgument, "moe: ldy=" + std::to_string(p.ldy) + " < H" + shape);
-  if (!aligned(p.w1_blocks, 16) || !aligned(p.w2_blocks, 16) || !aligned(p.w1_scales, 4) || !aligned(p.w2_scales, 4))
-    return make_error(StatusCode::InvalidArgument, "moe: MXFP4 blocks must be 16-byte and scales 4-byte aligned" + shape);
+  if (!aligned(p.w1_blocks, 16) || !aligned(p.w2_blocks, 16) || !aligned(p.w1_scales, 16) || !aligned(p.w2_scales, 16))
+    return make_error(StatusCode::InvalidArgument, "moe: MXFP4 blocks and scales must be 16-byte aligned" + shape);
 
   const size_t S = size_t(p.T) * size_t(p.k);
   if (S > size_t(1) << 30) return make_error(StatusCode::InvalidArgument, "moe: too many slots" + shape);
