@@ -363,7 +363,10 @@ template <int BM, int BN, int WM, int WN, int STAGES>
 Status launch_gemm(const DenseArgs& a, cudaStream_t stream) {
   constexpr int kSmem = STAGES * (BM + BN) * 128;
   auto kernel = bf16_dense_gemm_mma<BM, BN, WM, WN, STAGES>;
-  GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  // Opt in to > 48 KB of dynamic shared memory once per process (the first call; the attribute
+  // call is host-side and may synchronise with pending copies, so not on every launch).
+  static const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  GPTOSS_CUDA_CHECK(attr);
   const dim3 grid((a.T + BM - 1) / BM, (a.N + BN - 1) / BN);
   kernel<<<grid, WM * WN * 32, kSmem, stream>>>(a);
   GPTOSS_CUDA_LAUNCH_CHECK("bf16_dense_gemm_mma");

@@ -403,7 +403,10 @@ template <int BM, bool kMlp1>
 Status launch_gemm(const MoeGemmArgs& a, int max_tiles, cudaStream_t stream) {
   constexpr int kSmem = kGemmStages * moe_gemm_stage_bytes<BM>();
   auto kernel = bf16_mxfp4w_moe_gemm<BM, kMlp1>;
-  GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  // Opt in to > 48 KB of dynamic shared memory once per process (the first call; the attribute
+  // call is host-side and may synchronise with pending copies, so not on every launch).
+  static const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  GPTOSS_CUDA_CHECK(attr);
   const int row_tiles = a.R / kMxfp4TileRows;
   const dim3 grid(max_tiles, (row_tiles + kGemmRowTiles - 1) / kGemmRowTiles);
   kernel<<<grid, kGemmWarps * 32, kSmem, stream>>>(a);
