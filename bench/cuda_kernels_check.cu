@@ -114,8 +114,9 @@ void check_dense(cudaStream_t st, int T, int N, int K, DType yt, bool acc, bool 
 double fp4(uint8_t code) { return fp4_e2m1_value(code); }
 
 std::string moe_path(int T, int k, int E) {
+  if (T * k <= 32 && k <= 8) return "per-slot decode";
   const int avg = (T * k + E - 1) / E;
-  if (avg <= 4) return "gemv (decode)";
+  if (avg <= 4) return "grouped decode";
   return "gemm BM=" + std::to_string(avg <= 24 ? 32 : avg <= 64 ? 64 : 128);
 }
 
@@ -247,7 +248,8 @@ int run_checks(cudaStream_t st) {
   const struct { int T, E, k, H, I; } mshapes[] = {
       {1, 32, 4, 2880, 2880}, {8, 32, 4, 2880, 2880}, {1, 32, 4, 96, 160},  {3, 32, 4, 160, 96},
       {17, 8, 4, 96, 160},    {100, 8, 4, 160, 96},   {129, 8, 4, 256, 256}, {300, 4, 2, 96, 96},
-      {64, 32, 4, 256, 256},  {2048, 32, 4, 128, 64}, {5, 256, 8, 64, 32},  {40, 8, 2, 32, 64}};
+      {64, 32, 4, 256, 256},  {2048, 32, 4, 128, 64}, {5, 256, 8, 64, 32},  {40, 8, 2, 32, 64},
+      {7, 4, 3, 96, 64},      {2, 16, 1, 64, 96},     {20, 64, 2, 96, 160}, {10, 8, 3, 64, 32}};
   for (const auto& m : mshapes) check_moe(st, m.T, m.E, m.k, m.H, m.I);
   std::printf("%d failure(s)\n", g_failures);
   return g_failures ? 1 : 0;

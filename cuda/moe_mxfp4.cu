@@ -9,12 +9,16 @@
 // accumulator gives each lane rows r and r + 8 of a tile, which the layout makes the glu and
 // linear rows of one unit (mlp1) or two adjacent output rows (mlp2): both epilogues are local.
 //
-// bf16_mxfp4w_moe_gemv (decode, few tokens per expert): block = one 16-row tile x one token tile
-// (<= 8 sorted rows of one expert), 4 warps splitting the k chunks, partials reduced through shared
-// memory in a fixed order. Weights are read once per token tile, 4 chunks in flight per warp;
-// tokens are read straight from global memory (L1 hits: every tile of the expert reads them).
-// The E8M0 scale is applied in f32 to the k32 partial sum (one 2-step mma per scale block), which
-// is exact for every scale byte.
+// Decode (T * k <= 32 slots): no routing pass. bf16_mxfp4w_moe_gemv<mlp1, per slot>: block = one
+// 16-row tile x one slot, 4 warps splitting the k chunks, partials reduced through shared memory in
+// a fixed order; then bf16_mxfp4w_moe_down_combine: block = one 16-row tile of H x one token, its
+// k slots' mlp2 tiles on 8 warps, and the weighted sum over slots (in slot order) added to y --
+// two launches per MoE. Weights are read once per slot (4 chunks in flight per warp; slots that
+// share an expert are adjacent blocks, so the repeats hit L2); tokens are read straight from
+// global memory. The E8M0 scale is applied in f32 to each k32 partial sum (one 2-step mma per
+// scale block), which is exact for every scale byte.
+// Grouped decode (more slots, <= 4 rows per expert on average): expert_route tiles of <= 8 sorted
+// rows, the same kernel per (16-row tile, token tile) for mlp1 and mlp2, then the combine.
 //
 // bf16_mxfp4w_moe_gemm (prefill, many tokens per expert): block = 128 weight rows (8 warps x 2
 // row tiles, 2 token halves) x BM sorted rows of one expert. The token tile (rows gathered by
@@ -55,6 +59,10 @@ struct MoeGemmArgs {
   const float* expert_w;  // [T*k]
   float* partial;         // mlp2 output [T*k][R] (slot order)
   float alpha, limit;
+  const int32_t* expert_idx;  // [T*k] (per-slot decode reads it directly)
+  int E, k;
+  float* y;                   // residual [T][ldy] (fused mlp2 + combine)
+  int ldy;
 };
 
 constexpr uint32_t kBf16x2Two126 = 0x7E807E80u;  // (2^126, 2^126)
@@ -91,31 +99,31 @@ __device__ __forceinline__ float swiglu(float glu, float lin, float alpha, float
   return a / (1.0f + __expf(-alpha * a)) * (l + 1.0f);
 }
 
+// One token column of the lane's accumulator: glu / linear (mlp1) or rows o, o + 1 (mlp2) =
+// (v_r, v_r8) for sorted row `row`.
+template <bool kMlp1>
+__device__ __forceinline__ void moe_store(const MoeGemmArgs& a, int e, int tile, int r, int row, float v_r, float v_r8) {
+  if (kMlp1) {
+    const int unit = tile * 8 + r;
+    const float bg = a.bias[size_t(e) * a.R + 2 * unit], bl = a.bias[size_t(e) * a.R + 2 * unit + 1];
+    const float zv = swiglu(v_r + bg, v_r8 + bl, a.alpha, a.limit);
+    reinterpret_cast<__nv_bfloat16*>(a.z)[size_t(row) * a.I + unit] = __float2bfloat16_rn(zv);
+  } else {
+    const int o = tile * 16 + 2 * r;
+    const float b0 = a.bias[size_t(e) * a.R + o], b1 = a.bias[size_t(e) * a.R + o + 1];
+    const int slot = a.sorted_slot[row];
+    const float w = a.expert_w[slot];
+    *reinterpret_cast<float2*>(a.partial + size_t(slot) * a.R + o) = make_float2(w * (v_r + b0), w * (v_r8 + b1));
+  }
+}
+
 // v = the lane's accumulator of row tile `tile` (rows r, r+8) for token columns col, col + 1 of
 // the token tile starting at sorted row row0 (cnt valid rows).
 template <bool kMlp1>
 __device__ __forceinline__ void moe_epilogue(const MoeGemmArgs& a, int e, int row0, int cnt, int tile, int r, int col,
                                              const float (&v)[4]) {
-  if (kMlp1) {
-    const int unit = tile * 8 + r;
-    const float bg = a.bias[size_t(e) * a.R + 2 * unit], bl = a.bias[size_t(e) * a.R + 2 * unit + 1];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      if (col + i >= cnt) continue;
-      const float zv = swiglu(v[i] + bg, v[2 + i] + bl, a.alpha, a.limit);
-      reinterpret_cast<__nv_bfloat16*>(a.z)[size_t(row0 + col + i) * a.I + unit] = __float2bfloat16_rn(zv);
-    }
-  } else {
-    const int o = tile * 16 + 2 * r;
-    const float b0 = a.bias[size_t(e) * a.R + o], b1 = a.bias[size_t(e) * a.R + o + 1];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      if (col + i >= cnt) continue;
-      const int slot = a.sorted_slot[row0 + col + i];
-      const float w = a.expert_w[slot];
-      *reinterpret_cast<float2*>(a.partial + size_t(slot) * a.R + o) = make_float2(w * (v[i] + b0), w * (v[2 + i] + b1));
-    }
-  }
+  if (col < cnt) moe_store<kMlp1>(a, e, tile, r, row0 + col, v[0], v[2]);
+  if (col + 1 < cnt) moe_store<kMlp1>(a, e, tile, r, row0 + col + 1, v[1], v[3]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -125,53 +133,36 @@ constexpr int kDecodeWarps = 4;
 constexpr int kDecodeTokens = 8;
 constexpr int kDecodeUnroll = 4;
 
-// grid.x = row tiles of one expert (R / 16), grid.y = token-tile slots (expert_route tiles).
-template <bool kMlp1>
-__global__ void __launch_bounds__(kDecodeWarps * 32) bf16_mxfp4w_moe_gemv(MoeGemmArgs a) {
-  static_assert(kMxfp4TileRows == 16 && kMxfp4ChunkK == 64, "one mma m16 tile x 4 k16 steps per chunk");
-  __shared__ float red[kDecodeWarps][4][32];
-  const int slot_tile = blockIdx.y;
-  if (slot_tile >= *a.n_tiles) return;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int r = lane >> 2, c = lane & 3;
-  const int e = a.tile_expert[slot_tile], row0 = a.tile_row0[slot_tile];
-  const int cnt = min(kDecodeTokens, a.expert_off[e + 1] - row0);
-  const int tile = blockIdx.x;
-  const size_t gtile = size_t(e) * (a.R / kMxfp4TileRows) + tile;
-
-  // B operand: token column r of the mma is sorted row row0 + r.
-  int brow = 0;
-  if (r < cnt) brow = a.gather_k ? a.sorted_slot[row0 + r] / a.gather_k : row0 + r;
-  const bf16_t* xp = a.act + size_t(brow) * a.ld_act + 8 * c;
-  const uint8_t* wp = a.wb + mxfp4_block_offset(gtile, a.chunks, 0) + lane * 16;
-  const uint8_t* sp = a.ws + mxfp4_scale_offset(gtile, a.chunks, 0) + r * 4;
-
-  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  for (int j0 = warp; j0 < a.chunks; j0 += kDecodeUnroll * kDecodeWarps) {
+// The decode inner loop: this warp's share of the k chunks (j_first, j_first + j_step, ...) of one
+// 16-row tile (packed codes at wp, scales at sp) against 8 token columns (xp: each lane's token
+// row, offset by 8c). acc = the lane's C fragment (rows r, r+8 x columns 2c, 2c+1).
+__device__ __forceinline__ void decode_tile_dot(const uint8_t* wp, const uint8_t* sp, const bf16_t* xp, int chunks, int K,
+                                                int j_first, int j_step, float (&acc)[4]) {
+  for (int j0 = j_first; j0 < chunks; j0 += kDecodeUnroll * j_step) {
     uint4 wv[kDecodeUnroll], xv[kDecodeUnroll][2];
     uint32_t sv[kDecodeUnroll];
-    // All loads first and unconditional (clamped), so 4 chunks are in flight per warp. Chunks
-    // and halves past the end are skipped below; a token column past cnt reads sorted row 0's
-    // data, which stays in that mma column and is never stored.
+    // All loads first and unconditional (clamped), so kDecodeUnroll chunks are in flight per
+    // warp. Chunks and halves past the end are skipped below; a token column without a token
+    // reads some valid row, whose garbage stays in that mma column and is never stored.
 #pragma unroll
     for (int u = 0; u < kDecodeUnroll; ++u) {
-      const int j = j0 + u * kDecodeWarps;
-      const int jc = j < a.chunks ? j : 0;
+      const int j = j0 + u * j_step;
+      const int jc = j < chunks ? j : 0;
       wv[u] = tc::ldg_stream_128(wp + size_t(jc) * kMxfp4ChunkBytes);
       sv[u] = tc::ldg_stream_32(sp + size_t(jc) * kMxfp4ScaleChunkBytes);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int k = jc * 64 + 32 * h;
-        xv[u][h] = tc::ldg_128(xp + (k < a.K ? k : 0));
+        xv[u][h] = tc::ldg_128(xp + (k < K ? k : 0));
       }
     }
 #pragma unroll
     for (int u = 0; u < kDecodeUnroll; ++u) {
-      const int j = j0 + u * kDecodeWarps;
-      if (j >= a.chunks) break;  // warp-uniform
+      const int j = j0 + u * j_step;
+      if (j >= chunks) break;  // warp-uniform
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        if (j * 64 + 32 * h >= a.K) continue;  // the pad half of a last half chunk
+        if (j * 64 + 32 * h >= K) continue;  // the pad half of a last half chunk
         float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
         for (int q = 0; q < 2; ++q) {
@@ -187,6 +178,44 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) bf16_mxfp4w_moe_gemv(MoeGem
       }
     }
   }
+}
+
+// Grouped decode (expert_route tiles of <= 8 sorted rows): grid.x = row tiles of one expert
+// (R / 16), grid.y = token-tile slots. Per-slot decode (kPerSlot, mlp1 only, no routing pass):
+// grid.x = slot t*k + j (the fast index, so the blocks of slots that share an expert read the
+// same rows at about the same time), grid.y = row tile; z row = slot.
+template <bool kMlp1, bool kPerSlot>
+__global__ void __launch_bounds__(kDecodeWarps * 32) bf16_mxfp4w_moe_gemv(MoeGemmArgs a) {
+  static_assert(kMxfp4TileRows == 16 && kMxfp4ChunkK == 64, "one mma m16 tile x 4 k16 steps per chunk");
+  static_assert(kMlp1 || !kPerSlot, "per-slot mlp2 is bf16_mxfp4w_moe_down_combine");
+  __shared__ float red[kDecodeWarps][4][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int r = lane >> 2, c = lane & 3;
+  int e, row0, cnt, tile, brow = 0;
+  if (kPerSlot) {
+    row0 = blockIdx.x;
+    e = a.expert_idx[row0];
+    if (unsigned(e) >= unsigned(a.E)) return;  // slot left out (its z row is never read)
+    cnt = 1;
+    tile = blockIdx.y;
+    brow = row0 / a.k;  // every token column reads the slot's token; only column 0 is stored
+  } else {
+    const int slot_tile = blockIdx.y;
+    if (slot_tile >= *a.n_tiles) return;
+    e = a.tile_expert[slot_tile];
+    row0 = a.tile_row0[slot_tile];
+    cnt = min(kDecodeTokens, a.expert_off[e + 1] - row0);
+    tile = blockIdx.x;
+    // B operand: token column r of the mma is sorted row row0 + r.
+    if (r < cnt) brow = a.gather_k ? a.sorted_slot[row0 + r] / a.gather_k : row0 + r;
+  }
+  const size_t gtile = size_t(e) * (a.R / kMxfp4TileRows) + tile;
+  const bf16_t* xp = a.act + size_t(brow) * a.ld_act + 8 * c;
+  const uint8_t* wp = a.wb + mxfp4_block_offset(gtile, a.chunks, 0) + lane * 16;
+  const uint8_t* sp = a.ws + mxfp4_scale_offset(gtile, a.chunks, 0) + r * 4;
+
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  decode_tile_dot(wp, sp, xp, a.chunks, a.K, warp, kDecodeWarps, acc);
 
 #pragma unroll
   for (int i = 0; i < 4; ++i) red[warp][i][lane] = acc[i];
@@ -200,6 +229,56 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) bf16_mxfp4w_moe_gemv(MoeGem
     acc[i] = s;
   }
   moe_epilogue<kMlp1>(a, e, row0, cnt, tile, r, 2 * c, acc);
+}
+
+constexpr int kDownWarps = 8;
+
+// Per-slot decode mlp2 fused with the combine: block = (token t, 16-row tile of H); warp w works
+// on slot j = w / ksplit (ksplit = 8 / k warps per slot, splitting the k chunks). Then, in slot
+// order: y[t, rows] += sum_j w_j (W2[e_j] z_j + b2[e_j]) -- the same arithmetic and order as the
+// partial + f32_expert_combine path, with no partial buffer and no extra launch.
+__global__ void __launch_bounds__(kDownWarps * 32) bf16_mxfp4w_moe_down_combine(MoeGemmArgs a) {
+  static_assert(kMxfp4TileRows == 16 && kMxfp4ChunkK == 64, "one mma m16 tile x 4 k16 steps per chunk");
+  __shared__ float red[kDownWarps][4][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int r = lane >> 2, c = lane & 3;
+  const int t = blockIdx.x, tile = blockIdx.y;
+  const int ksplit = max(1, kDownWarps / a.k);
+  const int j = warp / ksplit;
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (j < a.k) {
+    const int slot = t * a.k + j;
+    const int e = a.expert_idx[slot];
+    if (unsigned(e) < unsigned(a.E)) {
+      const size_t gtile = size_t(e) * (a.R / kMxfp4TileRows) + tile;
+      const bf16_t* xp = a.act + size_t(slot) * a.ld_act + 8 * c;  // z row of the slot, all columns
+      const uint8_t* wp = a.wb + mxfp4_block_offset(gtile, a.chunks, 0) + lane * 16;
+      const uint8_t* sp = a.ws + mxfp4_scale_offset(gtile, a.chunks, 0) + r * 4;
+      decode_tile_dot(wp, sp, xp, a.chunks, a.K, warp % ksplit, ksplit, acc);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) red[warp][i][lane] = acc[i];
+  __syncthreads();
+  if (warp != 0 || c != 0) return;  // column 0 (lanes c = 0): rows r (acc[0]) and r + 8 (acc[2])
+  const int o = tile * 16 + 2 * r;  // mma rows r, r + 8 are output rows o, o + 1 (the layout)
+  float out0 = 0.0f, out1 = 0.0f;
+  for (int jj = 0; jj < a.k; ++jj) {
+    const int slot = t * a.k + jj;
+    const int e = a.expert_idx[slot];
+    if (unsigned(e) >= unsigned(a.E)) continue;
+    float p0 = 0.0f, p1 = 0.0f;
+    for (int ss = 0; ss < ksplit; ++ss) {
+      p0 += red[jj * ksplit + ss][0][lane];
+      p1 += red[jj * ksplit + ss][2][lane];
+    }
+    const float w = a.expert_w[slot];
+    out0 += w * (p0 + a.bias[size_t(e) * a.R + o]);
+    out1 += w * (p1 + a.bias[size_t(e) * a.R + o + 1]);
+  }
+  float* y = a.y + size_t(t) * a.ldy + o;
+  y[0] += out0;
+  y[1] += out1;
 }
 
 constexpr int kGemmWarps = 8;
@@ -394,7 +473,7 @@ size_t workspace_layout(size_t S, size_t E, size_t H, size_t I, char* base, MoeW
 template <bool kMlp1>
 Status launch_gemv(const MoeGemmArgs& a, int max_tiles, cudaStream_t stream) {
   const dim3 grid(a.R / kMxfp4TileRows, max_tiles);
-  bf16_mxfp4w_moe_gemv<kMlp1><<<grid, kDecodeWarps * 32, 0, stream>>>(a);
+  bf16_mxfp4w_moe_gemv<kMlp1, false><<<grid, kDecodeWarps * 32, 0, stream>>>(a);
   GPTOSS_CUDA_LAUNCH_CHECK(kMlp1 ? "bf16_mxfp4w_moe_gemv<mlp1>" : "bf16_mxfp4w_moe_gemv<mlp2>");
   return Status::Ok();
 }
@@ -423,6 +502,9 @@ Status launch_matmul(int bm, const MoeGemmArgs& a, int max_tiles, cudaStream_t s
     default: return launch_gemm<128, kMlp1>(a, max_tiles, stream);
   }
 }
+
+// Steps with at most this many slots (T * k) take the per-slot decode path.
+constexpr int kPerSlotMaxSlots = 32;
 
 // Token-tile size from the average number of rows per expert: the decode kernel while most
 // experts see a handful of tokens, then ever larger tensor-core tiles.
@@ -481,6 +563,44 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
   MoeWorkspace w;
   workspace_layout(S, size_t(p.E), size_t(p.H), size_t(p.I), static_cast<char*>(workspace), &w);
 
+  MoeGemmArgs a;
+  a.z = w.z;
+  a.I = p.I;
+  a.expert_w = p.expert_w;
+  a.partial = w.partial;
+  a.alpha = p.swiglu_alpha;
+  a.limit = p.swiglu_limit;
+  a.expert_idx = p.expert_idx;
+  a.E = p.E;
+  a.k = p.k;
+  a.y = p.y;
+  a.ldy = p.ldy;
+
+  // Decode-sized steps: per-slot mlp1, then mlp2 fused with the combine. Two launches, no routing.
+  if (S <= size_t(kPerSlotMaxSlots) && p.k <= kDownWarps) {
+    a.act = static_cast<const bf16_t*>(p.x);
+    a.ld_act = p.ldx;
+    a.wb = p.w1_blocks;
+    a.ws = p.w1_scales;
+    a.bias = p.b1;
+    a.R = 2 * p.I;
+    a.K = p.H;
+    a.chunks = mxfp4_chunks(p.H / 32);
+    bf16_mxfp4w_moe_gemv<true, true><<<dim3(unsigned(S), a.R / kMxfp4TileRows), kDecodeWarps * 32, 0, stream>>>(a);
+    GPTOSS_CUDA_LAUNCH_CHECK("bf16_mxfp4w_moe_gemv<mlp1, per slot>");
+    a.act = w.z;
+    a.ld_act = p.I;
+    a.wb = p.w2_blocks;
+    a.ws = p.w2_scales;
+    a.bias = p.b2;
+    a.R = p.H;
+    a.K = p.I;
+    a.chunks = mxfp4_chunks(p.I / 32);
+    bf16_mxfp4w_moe_down_combine<<<dim3(unsigned(p.T), a.R / kMxfp4TileRows), kDownWarps * 32, 0, stream>>>(a);
+    GPTOSS_CUDA_LAUNCH_CHECK("bf16_mxfp4w_moe_down_combine");
+    return Status::Ok();
+  }
+
   const int bm = choose_tile_rows(int(S), p.E);
   const int max_tiles = expert_route_max_tiles(int(S), p.E, bm);
 
@@ -497,18 +617,11 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
   rp.n_tiles = w.n_tiles;
   GPTOSS_RETURN_IF_ERROR(launch_expert_route(rp, stream));
 
-  MoeGemmArgs a;
   a.sorted_slot = w.sorted_slot;
   a.expert_off = w.expert_off;
   a.tile_expert = w.tile_expert;
   a.tile_row0 = w.tile_row0;
   a.n_tiles = w.n_tiles;
-  a.z = w.z;
-  a.I = p.I;
-  a.expert_w = p.expert_w;
-  a.partial = w.partial;
-  a.alpha = p.swiglu_alpha;
-  a.limit = p.swiglu_limit;
 
   // mlp1: rows 2I, K = H, B = x gathered by token.
   a.act = static_cast<const bf16_t*>(p.x);

@@ -29,7 +29,8 @@
 // (row r, block 2j+1), (row r+8, block 2j+1); a lane reads its 4 bytes with one 32-bit load.
 //
 // ---- The op -----------------------------------------------------------------------------------
-// Per step: expert_route.cu sorts the (token, slot) pairs by expert (stable, deterministic) and
+// Decode steps (T * k <= 32) run two kernels: mlp1 + SwiGLU per slot, then mlp2 fused with the
+// weighted, slot-ordered sum onto y. Larger steps: expert_route.cu sorts the (token, slot) pairs by expert (stable, deterministic) and
 // cuts each expert's rows into tiles; mlp1 (+ bias + clamped SwiGLU, z in bf16 [T*k][I] in sorted
 // order) and mlp2 (+ bias, times the routing weight, into an f32 partial [T*k][H] per slot) run as
 // grouped tensor-core GEMMs over those tiles; a combine kernel adds the k partials of each token
