@@ -54,15 +54,19 @@ std::string dense_path(int T, int N, int K) {
   return T <= 64 ? "gemm 64x64" : "gemm 128x128";
 }
 
-void check_dense(cudaStream_t st, int T, int N, int K, DType yt, bool acc, bool bias) {
-  std::vector<uint16_t> x(size_t(T) * K), w(size_t(N) * K);
+// ldx = K + xpad, ldy = N + ypad (strided rows; the pads hold garbage that must not be read or
+// written).
+void check_dense(cudaStream_t st, int T, int N, int K, DType yt, bool acc, bool bias, int xpad = 0, int ypad = 0) {
+  const int ldx = K + xpad, ldy = N + ypad;
+  std::vector<uint16_t> x(size_t(T) * ldx), w(size_t(N) * K);
   for (auto& v : x) v = rand_bf16(1.0f);
   for (auto& v : w) v = rand_bf16(0.05f);
-  std::vector<float> b(N), y0(size_t(T) * N, 0.0f);
+  std::vector<float> b(N), y0(size_t(T) * ldy, 0.0f);
   std::normal_distribution<float> n01(0.0f, 1.0f);
   for (auto& v : b) v = bias ? n01(g_rng) : 0.0f;
-  if (acc)
-    for (auto& v : y0) v = n01(g_rng);
+  for (auto& v : y0) v = acc ? n01(g_rng) : 0.0f;
+  if (yt == DType::BF16)  // a bf16 y has ldy * 2 bytes per row; fill its pads with a marker
+    for (auto& v : y0) v = 0.0f;
   DevBuf<uint16_t> dx(x.size()), dw(w.size());
   DevBuf<float> db(b.size()), dy(y0.size());
   dx.put(x);
@@ -70,17 +74,28 @@ void check_dense(cudaStream_t st, int T, int N, int K, DType yt, bool acc, bool 
   db.put(b);
   dy.put(y0);
   DenseParams p;
-  p.x = dx.p; p.ldx = K; p.x_type = DType::BF16; p.w = dw.p; p.bias = bias ? db.p : nullptr;
-  p.y = dy.p; p.ldy = N; p.y_type = yt; p.T = T; p.K = K; p.N = N; p.accumulate = acc;
+  p.x = dx.p; p.ldx = ldx; p.x_type = DType::BF16; p.w = dw.p; p.bias = bias ? db.p : nullptr;
+  p.y = dy.p; p.ldy = ldy; p.y_type = yt; p.T = T; p.K = K; p.N = N; p.accumulate = acc;
   Status s = launch_dense_bf16(p, st);
   cudaStreamSynchronize(st);
   std::vector<float> out(size_t(T) * N);
+  bool pads_ok = true;
   if (yt == DType::F32) {
-    dy.get(out);
+    std::vector<float> full(size_t(T) * ldy);
+    dy.get(full);
+    for (int t = 0; t < T; ++t)
+      for (int nn = 0; nn < ldy; ++nn) {
+        if (nn < N) out[size_t(t) * N + nn] = full[size_t(t) * ldy + nn];
+        else pads_ok &= full[size_t(t) * ldy + nn] == y0[size_t(t) * ldy + nn];
+      }
   } else {
-    std::vector<uint16_t> o16(size_t(T) * N);
+    std::vector<uint16_t> o16(size_t(T) * ldy);
     cudaMemcpy(o16.data(), dy.p, o16.size() * 2, cudaMemcpyDeviceToHost);
-    for (size_t i = 0; i < o16.size(); ++i) out[i] = bf16_to_f32(o16[i]);
+    for (int t = 0; t < T; ++t)
+      for (int nn = 0; nn < ldy; ++nn) {
+        if (nn < N) out[size_t(t) * N + nn] = bf16_to_f32(o16[size_t(t) * ldy + nn]);
+        else pads_ok &= o16[size_t(t) * ldy + nn] == 0;
+      }
   }
   double worst = 0;
   size_t worst_i = 0;
@@ -89,11 +104,11 @@ void check_dense(cudaStream_t st, int T, int N, int K, DType yt, bool acc, bool 
     for (int nn = 0; nn < N; ++nn) {
       double ref = b[nn], mag = std::fabs(b[nn]);
       for (int k = 0; k < K; ++k) {
-        const double pr = double(bf16_to_f32(x[size_t(t) * K + k])) * bf16_to_f32(w[size_t(nn) * K + k]);
+        const double pr = double(bf16_to_f32(x[size_t(t) * ldx + k])) * bf16_to_f32(w[size_t(nn) * K + k]);
         ref += pr;
         mag += std::fabs(pr);
       }
-      ref += y0[size_t(t) * N + nn];
+      ref += y0[size_t(t) * ldy + nn];
       const double bound = std::ldexp(mag, -16) + (yt == DType::BF16 ? std::ldexp(std::fabs(ref), -9) : 0.0) +
                            1e-6 * std::fabs(ref) + 1e-30;
       const double r = std::fabs(out[size_t(t) * N + nn] - ref) / bound;
@@ -103,12 +118,13 @@ void check_dense(cudaStream_t st, int T, int N, int K, DType yt, bool acc, bool 
         worst_ref = ref;
       }
     }
-  char detail[160];
-  std::snprintf(detail, sizeof detail, "(worst t=%zu n=%zu: got %.6g want %.6g)", worst_i / N, worst_i % N,
-                double(out[worst_i]), worst_ref);
+  char detail[200];
+  std::snprintf(detail, sizeof detail, "(worst t=%zu n=%zu: got %.6g want %.6g)%s", worst_i / N, worst_i % N,
+                double(out[worst_i]), worst_ref, pads_ok ? "" : " WROTE INTO THE ROW PADDING");
   verdict("dense " + dense_path(T, N, K) + " T=" + std::to_string(T) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
-              (yt == DType::F32 ? " f32" : " bf16") + (acc ? " +=" : "") + (bias ? " bias" : ""),
-          worst, detail, s);
+              (yt == DType::F32 ? " f32" : " bf16") + (acc ? " +=" : "") + (bias ? " bias" : "") +
+              (xpad || ypad ? " ldx=" + std::to_string(ldx) + " ldy=" + std::to_string(ldy) : ""),
+          pads_ok ? worst : 1e30, detail, s);
 }
 
 double fp4(uint8_t code) { return fp4_e2m1_value(code); }
@@ -244,6 +260,10 @@ int run_checks(cudaStream_t st) {
   check_dense(st, 1, 201088, 64, DType::F32, false, false);
   check_dense(st, 12, 8200, 256, DType::F32, false, true);
   check_dense(st, 2, 5120, 512, DType::BF16, false, true);
+  // Strided rows: ldx = K + 8 keeps the 16-byte paths, K + 3 takes the generic kernel; odd ldy.
+  check_dense(st, 3, 130, 96, DType::F32, true, true, 8, 3);
+  check_dense(st, 70, 130, 2880, DType::BF16, false, true, 8, 5);
+  check_dense(st, 2, 33, 64, DType::F32, false, true, 3, 1);
 
   const struct { int T, E, k, H, I; } mshapes[] = {
       {1, 32, 4, 2880, 2880}, {8, 32, 4, 2880, 2880}, {1, 32, 4, 96, 160},  {3, 32, 4, 160, 96},
