@@ -48,8 +48,8 @@ void verdict(const std::string& what, double worst_ratio, const std::string& det
   std::fflush(stdout);
 }
 
-std::string dense_path(int T, int N, int K) {
-  if (K % 32) return "generic";
+std::string dense_path(int T, int K, int ldx) {
+  if (K % 32 || ldx % 8) return "generic";
   if (T <= 16) return T <= 8 ? "gemv NT=1" : "gemv NT=2";
   return T <= 64 ? "gemm 64x64" : "gemm 128x128";
 }
@@ -121,7 +121,7 @@ void check_dense(cudaStream_t st, int T, int N, int K, DType yt, bool acc, bool 
   char detail[200];
   std::snprintf(detail, sizeof detail, "(worst t=%zu n=%zu: got %.6g want %.6g)%s", worst_i / N, worst_i % N,
                 double(out[worst_i]), worst_ref, pads_ok ? "" : " WROTE INTO THE ROW PADDING");
-  verdict("dense " + dense_path(T, N, K) + " T=" + std::to_string(T) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+  verdict("dense " + dense_path(T, K, ldx) + " T=" + std::to_string(T) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
               (yt == DType::F32 ? " f32" : " bf16") + (acc ? " +=" : "") + (bias ? " bias" : "") +
               (xpad || ypad ? " ldx=" + std::to_string(ldx) + " ldy=" + std::to_string(ldy) : ""),
           pads_ok ? worst : 1e30, detail, s);
