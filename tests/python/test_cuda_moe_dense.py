@@ -4,7 +4,8 @@ so the MXFP4 re-layout of place_weight is exercised), against the float64 refere
 tests/reference.py and against the CPU backend on identical inputs.
 
 Every test names the kernel path its shape selects (the thresholds mirror launch_dense_bf16 and
-choose_tile_rows in cuda/moe_mxfp4.cu), so one failing run says which kernel and which shape.
+launch_moe_mxfp4), so one failing run says which kernel and which shape. The same kernels can be
+checked without the binding or the backend by `python bench/cuda_kernels.py --check`.
 
 Tolerances (bf16 activations on CUDA: the binding rounds x to bf16 before upload):
   * dense: the reference is computed from the bf16-rounded x, so the kernel's only errors are the
