@@ -563,7 +563,7 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
   MoeWorkspace w;
   workspace_layout(S, size_t(p.E), size_t(p.H), size_t(p.I), static_cast<char*>(workspace), &w);
 
-  MoeGemmArgs a;
+  MoeGemmArgs a{};
   a.z = w.z;
   a.I = p.I;
   a.expert_w = p.expert_w;
