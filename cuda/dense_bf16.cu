@@ -11,8 +11,8 @@
 //    memory with 16-byte loads (a quad of lanes reads 64 contiguous bytes of one row). Each warp
 //    owns one 16-row tile and a 1/KS share of the k chunks; KS warps of a block reduce their
 //    partial tiles through shared memory in a fixed order (deterministic). KS is chosen so that
-//    ~1000+ warps stream weights even when N is only 2880, and each warp issues U chunks (2 KB per
-//    chunk) of loads before it consumes any, to keep enough bytes in flight.
+//    ~2000 warps stream weights even when N is only 2880; each warp's loop body loads U chunks
+//    (2 KB each) with no branch before its mma, so many loads are in flight per SM.
 //  * bf16_dense_gemm_mma (T > 16: prefill). Compute bound: BM x BN output tiles (A = BM tokens,
 //    B = BN weight rows), 64-wide k chunks staged in shared memory by a STAGES-deep cp.async
 //    pipeline (zero-filled past T, N and K), swizzled 128-byte rows (mma_sm80.cuh) read with
@@ -424,10 +424,11 @@ Status launch_dense_bf16(const DenseParams& p, cudaStream_t stream) {
     return Status::Ok();
   }
   if (p.T <= 16) {
-    // Enough warps to keep ~1000 chunk streams in flight, but at least 2 chunks per warp.
+    // ~2000 warps streaming weights (~16 per SM: ptxas interleaves each warp's loads with its
+    // mma, keeping only ~2 KB in flight per warp), but at least 2 chunks per warp.
     const int tiles = (p.N + 15) / 16, chunks = (p.K + 63) / 64;
     int ks = 1;
-    while (ks < kGemvWarps && tiles * ks < 1024 && chunks >= 4 * ks) ks *= 2;
+    while (ks < kGemvWarps && tiles * ks < 2048 && chunks >= 4 * ks) ks *= 2;
     return p.T <= 8 ? launch_gemv_ks<1>(a, ks, stream) : launch_gemv_ks<2>(a, ks, stream);
   }
   if (p.T <= 64) return launch_gemm<64, 64, 2, 2, 4>(a, stream);

@@ -64,7 +64,7 @@ def dense_path(T, N, K):
         return "bf16_dense_generic"
     if T <= 16:
         tiles, chunks, ks = (N + 15) // 16, (K + 63) // 64, 1
-        while ks < 8 and tiles * ks < 1024 and chunks >= 4 * ks:
+        while ks < 8 and tiles * ks < 2048 and chunks >= 4 * ks:
             ks *= 2
         return f"bf16_dense_gemv_mma NT={1 if T <= 8 else 2} KS={ks}"
     return "bf16_dense_gemm_mma " + ("64x64" if T <= 64 else "128x128")
