@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/reference.py
-import reference as ref  # noqa: E402
-
 _core = pytest.importorskip("gpt_oss_c._core")
 if not _core.cuda_available():
     pytest.skip("no CUDA backend or GPU (gpt_oss_c._core.cuda_available() is False)", allow_module_level=True)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/reference.py
+import reference as ref  # noqa: E402
 
 pytestmark = pytest.mark.cuda
 ops = _core.ops
