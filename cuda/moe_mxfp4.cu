@@ -63,6 +63,7 @@ struct MoeGemmArgs {
   int E, k;
   float* y;                   // residual [T][ldy] (fused mlp2 + combine)
   int ldy;
+  uint32_t zero;              // always 0; the compiler cannot know it (see decode_tile_dot)
 };
 
 constexpr uint32_t kBf16x2Two126 = 0x7E807E80u;  // (2^126, 2^126)
@@ -137,7 +138,7 @@ constexpr int kDecodeUnroll = 4;
 // 16-row tile (packed codes at wp, scales at sp) against 8 token columns (xp: each lane's token
 // row, offset by 8c). acc = the lane's C fragment (rows r, r+8 x columns 2c, 2c+1).
 __device__ __forceinline__ void decode_tile_dot(const uint8_t* wp, const uint8_t* sp, const bf16_t* xp, int chunks, int K,
-                                                int j_first, int j_step, float (&acc)[4]) {
+                                                int j_first, int j_step, uint32_t zero, float (&acc)[4]) {
   for (int j0 = j_first; j0 < chunks; j0 += kDecodeUnroll * j_step) {
     uint4 wv[kDecodeUnroll], xv[kDecodeUnroll][2];
     uint32_t sv[kDecodeUnroll];
@@ -156,6 +157,14 @@ __device__ __forceinline__ void decode_tile_dot(const uint8_t* wp, const uint8_t
         xv[u][h] = tc::ldg_128(xp + (k < K ? k : 0));
       }
     }
+    // Every code word depends on every load of the group (through `zero`, 0 at run time): ptxas
+    // then issues all of them before the first mma instead of interleaving loads and mma.
+    uint32_t dep = 0;
+#pragma unroll
+    for (int u = 0; u < kDecodeUnroll; ++u) dep ^= wv[u].x ^ sv[u] ^ xv[u][0].x ^ xv[u][1].x;
+    dep &= zero;
+#pragma unroll
+    for (int u = 0; u < kDecodeUnroll; ++u) wv[u].x ^= dep;
 #pragma unroll
     for (int u = 0; u < kDecodeUnroll; ++u) {
       const int j = j0 + u * j_step;
@@ -215,7 +224,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) bf16_mxfp4w_moe_gemv(MoeGem
   const uint8_t* sp = a.ws + mxfp4_scale_offset(gtile, a.chunks, 0) + r * 4;
 
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  decode_tile_dot(wp, sp, xp, a.chunks, a.K, warp, kDecodeWarps, acc);
+  decode_tile_dot(wp, sp, xp, a.chunks, a.K, warp, kDecodeWarps, a.zero, acc);
 
 #pragma unroll
   for (int i = 0; i < 4; ++i) red[warp][i][lane] = acc[i];
@@ -254,7 +263,7 @@ __global__ void __launch_bounds__(kDownWarps * 32) bf16_mxfp4w_moe_down_combine(
       const bf16_t* xp = a.act + size_t(slot) * a.ld_act + 8 * c;  // z row of the slot, all columns
       const uint8_t* wp = a.wb + mxfp4_block_offset(gtile, a.chunks, 0) + lane * 16;
       const uint8_t* sp = a.ws + mxfp4_scale_offset(gtile, a.chunks, 0) + r * 4;
-      decode_tile_dot(wp, sp, xp, a.chunks, a.K, warp % ksplit, ksplit, acc);
+      decode_tile_dot(wp, sp, xp, a.chunks, a.K, warp % ksplit, ksplit, a.zero, acc);
     }
   }
 #pragma unroll
