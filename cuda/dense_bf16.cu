@@ -12,7 +12,7 @@
 //    owns one 16-row tile and a 1/KS share of the k chunks; KS warps of a block reduce their
 //    partial tiles through shared memory in a fixed order (deterministic). KS is chosen so that
 //    ~2000 warps stream weights even when N is only 2880; each warp issues the loads of U chunks
-//    (2 KB each) before its first mma of them (gemv_fence), so ~8 KB are in flight per warp.
+//    (2 KB of weights each) before its first mma of them (gemv_fence): ~6 KB in flight per warp.
 //  * bf16_dense_gemm_mma (T > 16: prefill). Compute bound: BM x BN output tiles (A = BM tokens,
 //    B = BN weight rows), 64-wide k chunks staged in shared memory by a STAGES-deep cp.async
 //    pipeline (zero-filled past T, N and K), swizzled 128-byte rows (mma_sm80.cuh) read with
@@ -365,7 +365,7 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 
 template <int NT, int KS>
 Status launch_gemv(const DenseArgs& a, cudaStream_t stream) {
-  constexpr int U = NT == 1 ? 4 : 2;
+  constexpr int U = 2;  // 2 chunks x (2 + NT) x 2 loads in flight per warp; <= ~100 registers keeps 2-3 blocks per SM
   const int tiles = (a.N + 15) / 16;
   const dim3 grid((tiles + kGemvWarps / KS - 1) / (kGemvWarps / KS), (a.T + 8 * NT - 1) / (8 * NT));
   bf16_dense_gemv_mma<NT, KS, U><<<grid, kGemvWarps * 32, 0, stream>>>(a);
