@@ -449,8 +449,8 @@ Status launch_dense_bf16(const DenseParams& p, cudaStream_t stream) {
     return Status::Ok();
   }
   if (p.T <= 16) {
-    // ~2000 warps streaming weights (~16 per SM: ptxas interleaves each warp's loads with its
-    // mma, keeping only ~2 KB in flight per warp), but at least 2 chunks per warp.
+    // ~2000 warps streaming weights (~16 per SM, ~6 KB in flight each: ~100 KB per SM against
+    // the ~20 KB that 2.9 TB/s x ~1 us of latency needs), but at least 2 chunks per warp.
     const int tiles = (p.N + 15) / 16, chunks = (p.K + 63) / 64;
     int ks = 1;
     while (ks < kGemvWarps && tiles * ks < 2048 && chunks >= 4 * ks) ks *= 2;
