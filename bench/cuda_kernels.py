@@ -7,6 +7,7 @@ max(bytes / measured device copy rate, FLOPs / 770 TFLOP/s). Writes the JSON rec
 bench/results/cuda_kernels_<device>.json.
 
     python bench/cuda_kernels.py [--reps 20] [--nvcc nvcc] [--out DIR]
+    python bench/cuda_kernels.py --check     # correctness of every kernel path vs float64 host references
 """
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["bench/cuda_kernels_main.cu", "cuda/dense_bf16.cu", "cuda/moe_mxfp4.cu", "cuda/expert_route.cu",
+SOURCES = ["bench/cuda_kernels_main.cu", "bench/cuda_kernels_check.cu", "cuda/dense_bf16.cu", "cuda/moe_mxfp4.cu", "cuda/expert_route.cu",
            "cuda/mxfp4_layout.cu"]
 
 
 def build(nvcc: str, exe: Path) -> None:
     srcs = [ROOT / s for s in SOURCES]
-    deps = srcs + list((ROOT / "cuda").glob("*.cuh")) + [ROOT / "csrc" / "common.h", ROOT / "csrc" / "ops.h"]
+    deps = srcs + list((ROOT / "cuda").glob("*.cuh")) + [ROOT / "csrc" / "common.h", ROOT / "csrc" / "ops.h",
+                                                          Path(__file__)]
     if exe.exists() and exe.stat().st_mtime > max(p.stat().st_mtime for p in deps):
         return
     exe.parent.mkdir(parents=True, exist_ok=True)
@@ -41,10 +43,13 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=20, help="calls per captured graph")
     ap.add_argument("--nvcc", default=shutil.which("nvcc") or "nvcc")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--check", action="store_true", help="run the correctness check instead of the benchmark")
     args = ap.parse_args()
 
     exe = ROOT / "build" / "bench" / "cuda_kernels"
     build(args.nvcc, exe)
+    if args.check:
+        return subprocess.run([str(exe), "check"]).returncode
     proc = subprocess.run([str(exe), str(args.reps)], capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)

@@ -108,12 +108,19 @@ static void report(const char* kernel, const std::string& shape, float us, doubl
   std::fflush(stdout);
 }
 
+int run_checks(cudaStream_t stream);  // cuda_kernels_check.cu
+
+// Usage: cuda_kernels [REPS]   (benchmark)  |  cuda_kernels check   (correctness check)
 int main(int argc, char** argv) {
-  const int reps = argc > 1 ? std::atoi(argv[1]) : 20;
   cudaDeviceProp prop;
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
   cudaStream_t stream;
   CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  if (argc > 1 && std::string(argv[1]) == "check") {
+    std::printf("checking on %s\n", prop.name);
+    return run_checks(stream);
+  }
+  const int reps = argc > 1 ? std::atoi(argv[1]) : 20;
   Timer timer{stream};
 
   // Copy ceiling: 1 GiB device-to-device (counts read + write).

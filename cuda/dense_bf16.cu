@@ -11,8 +11,8 @@
 //    memory with 16-byte loads (a quad of lanes reads 64 contiguous bytes of one row). Each warp
 //    owns one 16-row tile and a 1/KS share of the k chunks; KS warps of a block reduce their
 //    partial tiles through shared memory in a fixed order (deterministic). KS is chosen so that
-//    ~1000+ warps stream weights even when N is only 2880, and each warp issues U chunks (2 KB per
-//    chunk) of loads before it consumes any, to keep enough bytes in flight.
+//    ~2000 warps stream weights even when N is only 2880; each warp issues the loads of U chunks
+//    (2 KB of weights each) before its first mma of them (gemv_fence): ~6 KB in flight per warp.
 //  * bf16_dense_gemm_mma (T > 16: prefill). Compute bound: BM x BN output tiles (A = BM tokens,
 //    B = BN weight rows), 64-wide k chunks staged in shared memory by a STAGES-deep cp.async
 //    pipeline (zero-filled past T, N and K), swizzled 128-byte rows (mma_sm80.cuh) read with
@@ -41,6 +41,7 @@ struct DenseArgs {
   int y_f32;       // 1: y is f32, 0: bf16
   int accumulate;  // 1: y (f32) += result
   int y_pairs;     // 1: y[t, n..n+1] (n even) may be written with one 4- or 8-byte store
+  uint32_t zero;   // always 0; the compiler cannot know it (see gemv_fence)
 };
 
 __device__ __forceinline__ void store_one(const DenseArgs& a, int t, int n, float v) {
@@ -120,6 +121,28 @@ __device__ __forceinline__ void gemv_load(const bf16_t* wa, const bf16_t* wb, co
   for (int nt = 0; nt < NT; ++nt) xr[nt][h] = tc::ldg_128(xp[nt] + k);
 }
 
+// Makes every weight register of a group depend on every load of the group (through `zero`, 0 at
+// run time), so that ptxas issues all the group's loads before the first mma instead of
+// interleaving them (which keeps only ~3 loads in flight per warp). Costs a few LOP3s per group.
+template <int U, int NT>
+__device__ __forceinline__ void gemv_fence(uint4 (&wra)[U][2], uint4 (&wrb)[U][2], const uint4 (&xr)[U][NT][2],
+                                           uint32_t zero) {
+  uint32_t dep = 0;
+#pragma unroll
+  for (int u = 0; u < U; ++u)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      dep ^= wra[u][h].x ^ wrb[u][h].x;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) dep ^= xr[u][nt][h].x;
+    }
+  dep &= zero;
+#pragma unroll
+  for (int u = 0; u < U; ++u)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) wra[u][h].x ^= dep;
+}
+
 // The two k16 steps of a half chunk (words 0,1 then 2,3 of each 16-byte piece).
 template <int NT>
 __device__ __forceinline__ void gemv_mma(float (&acc)[NT][4], const uint4& wra, const uint4& wrb,
@@ -173,6 +196,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) bf16_dense_gemv_mma(DenseArgs
     for (int u = 0; u < U; ++u)
 #pragma unroll
       for (int h = 0; h < 2; ++h) gemv_load<NT>(wa, wb, xp, (j0 + u * KS) * 64 + 32 * h, wra[u][h], wrb[u][h], xr[u], h);
+    gemv_fence<U, NT>(wra, wrb, xr, a.zero);
 #pragma unroll
     for (int u = 0; u < U; ++u)
 #pragma unroll
@@ -341,7 +365,7 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 
 template <int NT, int KS>
 Status launch_gemv(const DenseArgs& a, cudaStream_t stream) {
-  constexpr int U = NT == 1 ? 4 : 2;
+  constexpr int U = 2;  // 2 chunks x (2 + NT) x 2 loads in flight per warp; <= ~100 registers keeps 2-3 blocks per SM
   const int tiles = (a.N + 15) / 16;
   const dim3 grid((tiles + kGemvWarps / KS - 1) / (kGemvWarps / KS), (a.T + 8 * NT - 1) / (8 * NT));
   bf16_dense_gemv_mma<NT, KS, U><<<grid, kGemvWarps * 32, 0, stream>>>(a);
@@ -363,7 +387,10 @@ template <int BM, int BN, int WM, int WN, int STAGES>
 Status launch_gemm(const DenseArgs& a, cudaStream_t stream) {
   constexpr int kSmem = STAGES * (BM + BN) * 128;
   auto kernel = bf16_dense_gemm_mma<BM, BN, WM, WN, STAGES>;
-  GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  // Opt in to > 48 KB of dynamic shared memory once per process (the first call; the attribute
+  // call is host-side and may synchronise with pending copies, so not on every launch).
+  static const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  GPTOSS_CUDA_CHECK(attr);
   const dim3 grid((a.T + BM - 1) / BM, (a.N + BN - 1) / BN);
   kernel<<<grid, WM * WN * 32, kSmem, stream>>>(a);
   GPTOSS_CUDA_LAUNCH_CHECK("bf16_dense_gemm_mma");
@@ -412,6 +439,7 @@ Status launch_dense_bf16(const DenseParams& p, cudaStream_t stream) {
   a.accumulate = p.accumulate;
   const size_t ybytes = a.y_f32 ? 4 : 2;
   a.y_pairs = p.ldy % 2 == 0 && (reinterpret_cast<uintptr_t>(p.y) % (2 * ybytes)) == 0;
+  a.zero = 0;
 
   // The tensor-core kernels read 16-byte pieces of whole 32-wide k halves.
   if (p.K % 32 != 0 || p.ldx % 8 != 0 || !aligned16(p.x) || !aligned16(p.w)) {
@@ -421,10 +449,11 @@ Status launch_dense_bf16(const DenseParams& p, cudaStream_t stream) {
     return Status::Ok();
   }
   if (p.T <= 16) {
-    // Enough warps to keep ~1000 chunk streams in flight, but at least 2 chunks per warp.
+    // ~2000 warps streaming weights (~16 per SM, ~6 KB in flight each: ~100 KB per SM against
+    // the ~20 KB that 2.9 TB/s x ~1 us of latency needs), but at least 2 chunks per warp.
     const int tiles = (p.N + 15) / 16, chunks = (p.K + 63) / 64;
     int ks = 1;
-    while (ks < kGemvWarps && tiles * ks < 1024 && chunks >= 4 * ks) ks *= 2;
+    while (ks < kGemvWarps && tiles * ks < 2048 && chunks >= 4 * ks) ks *= 2;
     return p.T <= 8 ? launch_gemv_ks<1>(a, ks, stream) : launch_gemv_ks<2>(a, ks, stream);
   }
   if (p.T <= 64) return launch_gemm<64, 64, 2, 2, 4>(a, stream);

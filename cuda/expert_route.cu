@@ -2,8 +2,8 @@
 // the tiles each expert's rows are cut into, and the deterministic weighted combine back onto the
 // residual. Layouts and semantics in expert_route.cuh.
 //
-// i32_expert_route is one block of 1024 threads (the whole step's slots: T * k is at most a few
-// thousand per chunk): shared-memory histogram, a warp scan of the counts (and of the tile counts),
+// i32_expert_route is one block (1024 threads; one warp when the step has at most 32 slots, i.e.
+// decode, where a 1024-thread block's barriers would dominate): shared-memory histogram, a warp scan of the counts (and of the tile counts),
 // then the stable placement in chunks of 1024 slots: within a warp __match_any_sync gives each
 // slot's rank among equal experts, across warps a [32 warps][E] table of per-warp counts. Every
 // position is a function of expert_idx alone (integer atomics only count), so the order is fixed.
@@ -17,14 +17,13 @@
 namespace gptoss {
 namespace {
 
-constexpr int kRouteThreads = 1024;
-constexpr int kRouteWarps = kRouteThreads / 32;
-
 // ---------------------------------------------------------------------------------------------
 // kernels
 // ---------------------------------------------------------------------------------------------
+template <int kRouteThreads>
 __global__ void __launch_bounds__(kRouteThreads) i32_expert_route(ExpertRouteParams p) {
-  static_assert(kRouteMaxExperts <= kRouteThreads, "one thread per expert in the per-expert passes");
+  constexpr int kRouteWarps = kRouteThreads / 32;
+  static_assert(kRouteThreads % 32 == 0, "whole warps");
   __shared__ int s_count[kRouteMaxExperts];  // slot counts, then running placement counts
   __shared__ int s_off[kRouteMaxExperts + 1];
   __shared__ int s_tile[kRouteMaxExperts + 1];
@@ -171,7 +170,11 @@ Status launch_expert_route(const ExpertRouteParams& p, cudaStream_t stream) {
     return make_error(StatusCode::InvalidArgument, "expert route: need T >= 0, k >= 1 and tile_rows >= 1");
   if (!p.expert_idx || !p.expert_off || !p.sorted_slot || !p.tile_expert || !p.tile_row0 || !p.n_tiles)
     return make_error(StatusCode::InvalidArgument, "expert route: null buffer");
-  i32_expert_route<<<1, kRouteThreads, 0, stream>>>(p);
+  if (p.T * p.k <= 32) {
+    i32_expert_route<32><<<1, 32, 0, stream>>>(p);
+  } else {
+    i32_expert_route<1024><<<1, 1024, 0, stream>>>(p);
+  }
   GPTOSS_CUDA_LAUNCH_CHECK("i32_expert_route");
   return Status::Ok();
 }

@@ -80,6 +80,12 @@ __device__ __forceinline__ uint4 lds_128(uint32_t addr) {
   return v;
 }
 
+__device__ __forceinline__ uint32_t lds_32(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+  return v;
+}
+
 // Shared tiles of 64 bf16 per row (128 bytes = 8 chunks of 16 bytes) are stored with chunk q of
 // row n at position q ^ (4 * (n & 1)). A fragment load reads chunk 4h + c of rows r (and r + 8):
 // the 8 lanes of a quarter warp (two adjacent rows, c = 0..3) then hit 8 distinct 16-byte bank

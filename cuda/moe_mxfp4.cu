@@ -9,18 +9,23 @@
 // accumulator gives each lane rows r and r + 8 of a tile, which the layout makes the glu and
 // linear rows of one unit (mlp1) or two adjacent output rows (mlp2): both epilogues are local.
 //
-// bf16_mxfp4w_moe_gemv (decode, few tokens per expert): block = one 16-row tile x one token tile
-// (<= 8 sorted rows of one expert), 4 warps splitting the k chunks, partials reduced through shared
-// memory in a fixed order. Weights are read once per token tile, 4 chunks in flight per warp;
-// tokens are read straight from global memory (L1 hits: every tile of the expert reads them).
-// The E8M0 scale is applied in f32 to the k32 partial sum (one 2-step mma per scale block), which
-// is exact for every scale byte.
+// Decode (T * k <= 32 slots): no routing pass. bf16_mxfp4w_moe_gemv<mlp1, per slot>: block = one
+// 16-row tile x one slot, 4 warps splitting the k chunks, partials reduced through shared memory in
+// a fixed order; then bf16_mxfp4w_moe_down_combine: block = one 16-row tile of H x one token, its
+// k slots' mlp2 tiles on 8 warps, and the weighted sum over slots (in slot order) added to y --
+// two launches per MoE. Weights are read once per slot (4 chunks in flight per warp; slots that
+// share an expert are adjacent blocks, so the repeats hit L2); tokens are read straight from
+// global memory. The E8M0 scale is applied in f32 to each k32 partial sum (one 2-step mma per
+// scale block), which is exact for every scale byte.
+// Grouped decode (more slots, <= 4 rows per expert on average): expert_route tiles of <= 8 sorted
+// rows, the same kernel per (16-row tile, token tile) for mlp1 and mlp2, then the combine.
 //
 // bf16_mxfp4w_moe_gemm (prefill, many tokens per expert): block = 128 weight rows (8 warps x 2
-// row tiles, 2 token halves) x BM sorted rows of one expert. The token tile goes through a
-// 4-stage cp.async pipeline in shared memory (rows gathered by token index for mlp1, zero-filled
-// past the expert's rows and past K); each warp loads its weight rows straight into registers one
-// chunk ahead. Here the scale multiplies the bf16 A operand (exact: fp4 * 2^(s-127) is a bf16).
+// row tiles, 2 token halves) x BM sorted rows of one expert. The token tile (rows gathered by
+// token index for mlp1, zero-filled past the expert's rows and past K) and the packed weight
+// tiles go through a 4-stage cp.async pipeline in shared memory; each warp dequantises its two
+// row tiles from there. Here the scale multiplies the bf16 A operand (exact: fp4 * 2^(s-127) is a
+// bf16).
 #include "moe_mxfp4.cuh"
 
 #include <cuda_bf16.h>
@@ -54,6 +59,11 @@ struct MoeGemmArgs {
   const float* expert_w;  // [T*k]
   float* partial;         // mlp2 output [T*k][R] (slot order)
   float alpha, limit;
+  const int32_t* expert_idx;  // [T*k] (per-slot decode reads it directly)
+  int E, k;
+  float* y;                   // residual [T][ldy] (fused mlp2 + combine)
+  int ldy;
+  uint32_t zero;              // always 0; the compiler cannot know it (see decode_tile_dot)
 };
 
 constexpr uint32_t kBf16x2Two126 = 0x7E807E80u;  // (2^126, 2^126)
@@ -90,31 +100,31 @@ __device__ __forceinline__ float swiglu(float glu, float lin, float alpha, float
   return a / (1.0f + __expf(-alpha * a)) * (l + 1.0f);
 }
 
+// One token column of the lane's accumulator: glu / linear (mlp1) or rows o, o + 1 (mlp2) =
+// (v_r, v_r8) for sorted row `row`.
+template <bool kMlp1>
+__device__ __forceinline__ void moe_store(const MoeGemmArgs& a, int e, int tile, int r, int row, float v_r, float v_r8) {
+  if (kMlp1) {
+    const int unit = tile * 8 + r;
+    const float bg = a.bias[size_t(e) * a.R + 2 * unit], bl = a.bias[size_t(e) * a.R + 2 * unit + 1];
+    const float zv = swiglu(v_r + bg, v_r8 + bl, a.alpha, a.limit);
+    reinterpret_cast<__nv_bfloat16*>(a.z)[size_t(row) * a.I + unit] = __float2bfloat16_rn(zv);
+  } else {
+    const int o = tile * 16 + 2 * r;
+    const float b0 = a.bias[size_t(e) * a.R + o], b1 = a.bias[size_t(e) * a.R + o + 1];
+    const int slot = a.sorted_slot[row];
+    const float w = a.expert_w[slot];
+    *reinterpret_cast<float2*>(a.partial + size_t(slot) * a.R + o) = make_float2(w * (v_r + b0), w * (v_r8 + b1));
+  }
+}
+
 // v = the lane's accumulator of row tile `tile` (rows r, r+8) for token columns col, col + 1 of
 // the token tile starting at sorted row row0 (cnt valid rows).
 template <bool kMlp1>
 __device__ __forceinline__ void moe_epilogue(const MoeGemmArgs& a, int e, int row0, int cnt, int tile, int r, int col,
                                              const float (&v)[4]) {
-  if (kMlp1) {
-    const int unit = tile * 8 + r;
-    const float bg = a.bias[size_t(e) * a.R + 2 * unit], bl = a.bias[size_t(e) * a.R + 2 * unit + 1];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      if (col + i >= cnt) continue;
-      const float zv = swiglu(v[i] + bg, v[2 + i] + bl, a.alpha, a.limit);
-      reinterpret_cast<__nv_bfloat16*>(a.z)[size_t(row0 + col + i) * a.I + unit] = __float2bfloat16_rn(zv);
-    }
-  } else {
-    const int o = tile * 16 + 2 * r;
-    const float b0 = a.bias[size_t(e) * a.R + o], b1 = a.bias[size_t(e) * a.R + o + 1];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      if (col + i >= cnt) continue;
-      const int slot = a.sorted_slot[row0 + col + i];
-      const float w = a.expert_w[slot];
-      *reinterpret_cast<float2*>(a.partial + size_t(slot) * a.R + o) = make_float2(w * (v[i] + b0), w * (v[2 + i] + b1));
-    }
-  }
+  if (col < cnt) moe_store<kMlp1>(a, e, tile, r, row0 + col, v[0], v[2]);
+  if (col + 1 < cnt) moe_store<kMlp1>(a, e, tile, r, row0 + col + 1, v[1], v[3]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -124,53 +134,44 @@ constexpr int kDecodeWarps = 4;
 constexpr int kDecodeTokens = 8;
 constexpr int kDecodeUnroll = 4;
 
-// grid.x = row tiles of one expert (R / 16), grid.y = token-tile slots (expert_route tiles).
-template <bool kMlp1>
-__global__ void __launch_bounds__(kDecodeWarps * 32) bf16_mxfp4w_moe_gemv(MoeGemmArgs a) {
-  static_assert(kMxfp4TileRows == 16 && kMxfp4ChunkK == 64, "one mma m16 tile x 4 k16 steps per chunk");
-  __shared__ float red[kDecodeWarps][4][32];
-  const int slot_tile = blockIdx.y;
-  if (slot_tile >= *a.n_tiles) return;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int r = lane >> 2, c = lane & 3;
-  const int e = a.tile_expert[slot_tile], row0 = a.tile_row0[slot_tile];
-  const int cnt = min(kDecodeTokens, a.expert_off[e + 1] - row0);
-  const int tile = blockIdx.x;
-  const size_t gtile = size_t(e) * (a.R / kMxfp4TileRows) + tile;
-
-  // B operand: token column r of the mma is sorted row row0 + r.
-  int brow = 0;
-  if (r < cnt) brow = a.gather_k ? a.sorted_slot[row0 + r] / a.gather_k : row0 + r;
-  const bf16_t* xp = a.act + size_t(brow) * a.ld_act + 8 * c;
-  const uint8_t* wp = a.wb + mxfp4_block_offset(gtile, a.chunks, 0) + lane * 16;
-  const uint8_t* sp = a.ws + mxfp4_scale_offset(gtile, a.chunks, 0) + r * 4;
-
-  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  for (int j0 = warp; j0 < a.chunks; j0 += kDecodeUnroll * kDecodeWarps) {
+// The decode inner loop: this warp's share of the k chunks (j_first, j_first + j_step, ...) of one
+// 16-row tile (packed codes at wp, scales at sp) against 8 token columns (xp: each lane's token
+// row, offset by 8c). acc = the lane's C fragment (rows r, r+8 x columns 2c, 2c+1).
+__device__ __forceinline__ void decode_tile_dot(const uint8_t* wp, const uint8_t* sp, const bf16_t* xp, int chunks, int K,
+                                                int j_first, int j_step, uint32_t zero, float (&acc)[4]) {
+  for (int j0 = j_first; j0 < chunks; j0 += kDecodeUnroll * j_step) {
     uint4 wv[kDecodeUnroll], xv[kDecodeUnroll][2];
     uint32_t sv[kDecodeUnroll];
-    // All loads first and unconditional (clamped), so 4 chunks are in flight per warp. Chunks
-    // and halves past the end are skipped below; a token column past cnt reads sorted row 0's
-    // data, which stays in that mma column and is never stored.
+    // All loads first and unconditional (clamped), so kDecodeUnroll chunks are in flight per
+    // warp. Chunks and halves past the end are skipped below; a token column without a token
+    // reads some valid row, whose garbage stays in that mma column and is never stored.
 #pragma unroll
     for (int u = 0; u < kDecodeUnroll; ++u) {
-      const int j = j0 + u * kDecodeWarps;
-      const int jc = j < a.chunks ? j : 0;
+      const int j = j0 + u * j_step;
+      const int jc = j < chunks ? j : 0;
       wv[u] = tc::ldg_stream_128(wp + size_t(jc) * kMxfp4ChunkBytes);
       sv[u] = tc::ldg_stream_32(sp + size_t(jc) * kMxfp4ScaleChunkBytes);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int k = jc * 64 + 32 * h;
-        xv[u][h] = tc::ldg_128(xp + (k < a.K ? k : 0));
+        xv[u][h] = tc::ldg_128(xp + (k < K ? k : 0));
       }
     }
+    // Every code word depends on every load of the group (through `zero`, 0 at run time): ptxas
+    // then issues all of them before the first mma instead of interleaving loads and mma.
+    uint32_t dep = 0;
+#pragma unroll
+    for (int u = 0; u < kDecodeUnroll; ++u) dep ^= wv[u].x ^ sv[u] ^ xv[u][0].x ^ xv[u][1].x;
+    dep &= zero;
+#pragma unroll
+    for (int u = 0; u < kDecodeUnroll; ++u) wv[u].x ^= dep;
 #pragma unroll
     for (int u = 0; u < kDecodeUnroll; ++u) {
-      const int j = j0 + u * kDecodeWarps;
-      if (j >= a.chunks) break;  // warp-uniform
+      const int j = j0 + u * j_step;
+      if (j >= chunks) break;  // warp-uniform
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        if (j * 64 + 32 * h >= a.K) continue;  // the pad half of a last half chunk
+        if (j * 64 + 32 * h >= K) continue;  // the pad half of a last half chunk
         float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
         for (int q = 0; q < 2; ++q) {
@@ -186,6 +187,44 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) bf16_mxfp4w_moe_gemv(MoeGem
       }
     }
   }
+}
+
+// Grouped decode (expert_route tiles of <= 8 sorted rows): grid.x = row tiles of one expert
+// (R / 16), grid.y = token-tile slots. Per-slot decode (kPerSlot, mlp1 only, no routing pass):
+// grid.x = slot t*k + j (the fast index, so the blocks of slots that share an expert read the
+// same rows at about the same time), grid.y = row tile; z row = slot.
+template <bool kMlp1, bool kPerSlot>
+__global__ void __launch_bounds__(kDecodeWarps * 32) bf16_mxfp4w_moe_gemv(MoeGemmArgs a) {
+  static_assert(kMxfp4TileRows == 16 && kMxfp4ChunkK == 64, "one mma m16 tile x 4 k16 steps per chunk");
+  static_assert(kMlp1 || !kPerSlot, "per-slot mlp2 is bf16_mxfp4w_moe_down_combine");
+  __shared__ float red[kDecodeWarps][4][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int r = lane >> 2, c = lane & 3;
+  int e, row0, cnt, tile, brow = 0;
+  if (kPerSlot) {
+    row0 = blockIdx.x;
+    e = a.expert_idx[row0];
+    if (unsigned(e) >= unsigned(a.E)) return;  // slot left out (its z row is never read)
+    cnt = 1;
+    tile = blockIdx.y;
+    brow = row0 / a.k;  // every token column reads the slot's token; only column 0 is stored
+  } else {
+    const int slot_tile = blockIdx.y;
+    if (slot_tile >= *a.n_tiles) return;
+    e = a.tile_expert[slot_tile];
+    row0 = a.tile_row0[slot_tile];
+    cnt = min(kDecodeTokens, a.expert_off[e + 1] - row0);
+    tile = blockIdx.x;
+    // B operand: token column r of the mma is sorted row row0 + r.
+    if (r < cnt) brow = a.gather_k ? a.sorted_slot[row0 + r] / a.gather_k : row0 + r;
+  }
+  const size_t gtile = size_t(e) * (a.R / kMxfp4TileRows) + tile;
+  const bf16_t* xp = a.act + size_t(brow) * a.ld_act + 8 * c;
+  const uint8_t* wp = a.wb + mxfp4_block_offset(gtile, a.chunks, 0) + lane * 16;
+  const uint8_t* sp = a.ws + mxfp4_scale_offset(gtile, a.chunks, 0) + r * 4;
+
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  decode_tile_dot(wp, sp, xp, a.chunks, a.K, warp, kDecodeWarps, a.zero, acc);
 
 #pragma unroll
   for (int i = 0; i < 4; ++i) red[warp][i][lane] = acc[i];
@@ -201,20 +240,82 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) bf16_mxfp4w_moe_gemv(MoeGem
   moe_epilogue<kMlp1>(a, e, row0, cnt, tile, r, 2 * c, acc);
 }
 
+constexpr int kDownWarps = 8;
+
+// Per-slot decode mlp2 fused with the combine: block = (token t, 16-row tile of H); warp w works
+// on slot j = w / ksplit (ksplit = 8 / k warps per slot, splitting the k chunks). Then, in slot
+// order: y[t, rows] += sum_j w_j (W2[e_j] z_j + b2[e_j]) -- the same arithmetic and order as the
+// partial + f32_expert_combine path, with no partial buffer and no extra launch.
+__global__ void __launch_bounds__(kDownWarps * 32) bf16_mxfp4w_moe_down_combine(MoeGemmArgs a) {
+  static_assert(kMxfp4TileRows == 16 && kMxfp4ChunkK == 64, "one mma m16 tile x 4 k16 steps per chunk");
+  __shared__ float red[kDownWarps][4][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int r = lane >> 2, c = lane & 3;
+  const int t = blockIdx.x, tile = blockIdx.y;
+  const int ksplit = max(1, kDownWarps / a.k);
+  const int j = warp / ksplit;
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (j < a.k) {
+    const int slot = t * a.k + j;
+    const int e = a.expert_idx[slot];
+    if (unsigned(e) < unsigned(a.E)) {
+      const size_t gtile = size_t(e) * (a.R / kMxfp4TileRows) + tile;
+      const bf16_t* xp = a.act + size_t(slot) * a.ld_act + 8 * c;  // z row of the slot, all columns
+      const uint8_t* wp = a.wb + mxfp4_block_offset(gtile, a.chunks, 0) + lane * 16;
+      const uint8_t* sp = a.ws + mxfp4_scale_offset(gtile, a.chunks, 0) + r * 4;
+      decode_tile_dot(wp, sp, xp, a.chunks, a.K, warp % ksplit, ksplit, a.zero, acc);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) red[warp][i][lane] = acc[i];
+  __syncthreads();
+  if (warp != 0 || c != 0) return;  // column 0 (lanes c = 0): rows r (acc[0]) and r + 8 (acc[2])
+  const int o = tile * 16 + 2 * r;  // mma rows r, r + 8 are output rows o, o + 1 (the layout)
+  float out0 = 0.0f, out1 = 0.0f;
+  for (int jj = 0; jj < a.k; ++jj) {
+    const int slot = t * a.k + jj;
+    const int e = a.expert_idx[slot];
+    if (unsigned(e) >= unsigned(a.E)) continue;
+    float p0 = 0.0f, p1 = 0.0f;
+    for (int ss = 0; ss < ksplit; ++ss) {
+      p0 += red[jj * ksplit + ss][0][lane];
+      p1 += red[jj * ksplit + ss][2][lane];
+    }
+    const float w = a.expert_w[slot];
+    out0 += w * (p0 + a.bias[size_t(e) * a.R + o]);
+    out1 += w * (p1 + a.bias[size_t(e) * a.R + o + 1]);
+  }
+  float* y = a.y + size_t(t) * a.ldy + o;
+  y[0] += out0;
+  y[1] += out1;
+}
+
 constexpr int kGemmWarps = 8;
 constexpr int kGemmStages = 4;
 constexpr int kGemmRowTiles = 8;  // 16-row tiles per block: 4 row warps x 2
 
+// Shared memory per pipeline stage: BM token rows x 128 swizzled bytes, then the block's 8 row
+// tiles of packed codes (8 x 512 bytes, in the device layout, read back by each lane at its own
+// 16 bytes: conflict-free) and their scales (8 x 32 bytes).
+template <int BM>
+constexpr uint32_t moe_gemm_stage_bytes() {
+  return BM * 128 + kGemmRowTiles * (kMxfp4ChunkBytes + kMxfp4ScaleChunkBytes);
+}
+
 // grid.x = token-tile slots (BM sorted rows of one expert), grid.y = groups of 8 row tiles.
+// Registers stay under 128 so that two blocks (16 warps) share an SM.
 template <int BM, bool kMlp1>
-__global__ void __launch_bounds__(kGemmWarps * 32, 1) bf16_mxfp4w_moe_gemm(MoeGemmArgs a) {
-  constexpr int NT = BM / 16;                      // n8 tiles per warp (a warp owns BM / 2 rows)
+__global__ void __launch_bounds__(kGemmWarps * 32, 2) bf16_mxfp4w_moe_gemm(MoeGemmArgs a) {
+  constexpr int NT = BM / 16;                        // n8 tiles per warp (a warp owns BM / 2 rows)
   constexpr int kRowsPerPass = kGemmWarps * 32 / 8;  // loader: 8 chunks of 16 bytes per row
   constexpr int kPasses = BM / kRowsPerPass;
-  constexpr uint32_t kStageBytes = BM * 128;
+  constexpr uint32_t kStageBytes = moe_gemm_stage_bytes<BM>();
+  constexpr uint32_t kCodesOff = BM * 128, kScalesOff = kCodesOff + kGemmRowTiles * kMxfp4ChunkBytes;
   static_assert(BM % kRowsPerPass == 0 && NT >= 2, "BM must be 32, 64 or 128");
   static_assert(kMxfp4TileRows == 16 && kMxfp4ChunkK == 64, "one mma m16 tile x 4 k16 steps per chunk");
-  extern __shared__ uint4 smem[];  // [kGemmStages][BM rows][8 chunks]
+  static_assert(kGemmRowTiles * kMxfp4ChunkBytes == kGemmWarps * 32 * 16, "one 16-byte copy of codes per thread");
+  static_assert(kGemmRowTiles * kMxfp4ScaleChunkBytes <= kGemmWarps * 32 * 16, "scales fit one copy per thread");
+  extern __shared__ uint4 smem[];  // [kGemmStages][stage]
 
   const int slot_tile = blockIdx.x;
   if (slot_tile >= *a.n_tiles) return;
@@ -224,10 +325,10 @@ __global__ void __launch_bounds__(kGemmWarps * 32, 1) bf16_mxfp4w_moe_gemm(MoeGe
   const int e = a.tile_expert[slot_tile], row0 = a.tile_row0[slot_tile];
   const int cnt = min(BM, a.expert_off[e + 1] - row0);
   const int RT = a.R / kMxfp4TileRows;
-  const int rt0 = blockIdx.y * kGemmRowTiles + 2 * wr;
-  const bool vt[2] = {rt0 < RT, rt0 + 1 < RT};
+  const int rtb = blockIdx.y * kGemmRowTiles;  // the block's first row tile
+  const bool vt[2] = {rtb + 2 * wr < RT, rtb + 2 * wr + 1 < RT};
 
-  // Loader: chunk lq of token rows lrow + 32 p.
+  // Loader, tokens: chunk lq of token rows lrow + 32 p.
   const int lq = tid & 7, lrow = tid >> 3;
   const bf16_t* src[kPasses];
   bool vrow[kPasses];
@@ -239,28 +340,31 @@ __global__ void __launch_bounds__(kGemmWarps * 32, 1) bf16_mxfp4w_moe_gemm(MoeGe
     if (vrow[p]) brow = a.gather_k ? a.sorted_slot[row0 + row] / a.gather_k : row0 + row;
     src[p] = a.act + size_t(brow) * a.ld_act + 8 * lq;
   }
+  // Loader, weights: thread tid copies 16 bytes of row tile tid / 32 (lane tid % 32), and threads
+  // below 16 copy 16 bytes of scales (row tile tid / 2, half tid % 2). Row tiles past RT are
+  // zero-filled (and never used).
+  const int wtile = tid >> 5;
+  const bool vw = rtb + wtile < RT;
+  const uint8_t* wsrc = a.wb + mxfp4_block_offset(size_t(e) * RT + (vw ? rtb + wtile : 0), a.chunks, 0) + (tid & 31) * 16;
+  const int stile = tid >> 1;
+  const bool vs = tid < 2 * kGemmRowTiles && rtb + stile < RT;
+  const uint8_t* ssrc = a.ws + mxfp4_scale_offset(size_t(e) * RT + (vs ? rtb + stile : 0), a.chunks, 0) + (tid & 1) * 16;
+
   const uint32_t smem0 = tc::smem_addr(smem);
   auto load_stage = [&](int slot, int chunk) {
+    const uint32_t base = smem0 + slot * kStageBytes;
     const int k = chunk * 64 + 8 * lq;
     const bool vk = k < a.K;
 #pragma unroll
     for (int p = 0; p < kPasses; ++p) {
       const int row = lrow + kRowsPerPass * p;
-      const uint32_t dst = smem0 + slot * kStageBytes + row * 128 + tc::swizzle_chunk(row, lq) * 16;
+      const uint32_t dst = base + row * 128 + tc::swizzle_chunk(row, lq) * 16;
       tc::cp_async_16(dst, vk && vrow[p] ? src[p] + chunk * 64 : src[p], vk && vrow[p]);
     }
+    tc::cp_async_16(base + kCodesOff + tid * 16, wsrc + size_t(chunk) * kMxfp4ChunkBytes, vw);
+    if (tid < 2 * kGemmRowTiles)
+      tc::cp_async_16(base + kScalesOff + tid * 16, ssrc + size_t(chunk) * kMxfp4ScaleChunkBytes, vs);
   };
-
-  // Weight rows of this warp: row tiles rt0, rt0 + 1 (an invalid one reads tile rt0's bytes and
-  // is never used).
-  const uint8_t* wp[2];
-  const uint8_t* sp[2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const size_t gtile = size_t(e) * RT + (vt[i] ? rt0 + i : (vt[0] ? rt0 : 0));
-    wp[i] = a.wb + mxfp4_block_offset(gtile, a.chunks, 0) + lane * 16;
-    sp[i] = a.ws + mxfp4_scale_offset(gtile, a.chunks, 0) + r * 4;
-  }
 
   float acc[2][NT][4];
 #pragma unroll
@@ -273,13 +377,6 @@ __global__ void __launch_bounds__(kGemmWarps * 32, 1) bf16_mxfp4w_moe_gemm(MoeGe
     if (s < a.chunks) load_stage(s, s);
     tc::cp_async_commit();
   }
-  uint4 wcur[2];
-  uint32_t scur[2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    wcur[i] = tc::ldg_stream_128(wp[i]);
-    scur[i] = tc::ldg_stream_32(sp[i]);
-  }
 
   for (int j = 0; j < a.chunks; ++j) {
     tc::cp_async_wait<kGemmStages - 2>();
@@ -287,17 +384,15 @@ __global__ void __launch_bounds__(kGemmWarps * 32, 1) bf16_mxfp4w_moe_gemm(MoeGe
     const int jn = j + kGemmStages - 1;
     if (jn < a.chunks) load_stage(jn % kGemmStages, jn);
     tc::cp_async_commit();
-    // Next chunk's weights (the last iteration re-reads its own chunk, harmlessly).
-    const int jw = j + 1 < a.chunks ? j + 1 : j;
-    uint4 wnext[2];
-    uint32_t snext[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      wnext[i] = tc::ldg_stream_128(wp[i] + size_t(jw) * kMxfp4ChunkBytes);
-      snext[i] = tc::ldg_stream_32(sp[i] + size_t(jw) * kMxfp4ScaleChunkBytes);
-    }
 
     const uint32_t stage = smem0 + (j % kGemmStages) * kStageBytes;
+    uint4 wcur[2];
+    uint32_t scur[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      wcur[i] = tc::lds_128(stage + kCodesOff + (2 * wr + i) * kMxfp4ChunkBytes + lane * 16);
+      scur[i] = tc::lds_32(stage + kScalesOff + (2 * wr + i) * kMxfp4ScaleChunkBytes + r * 4);
+    }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       if (j * 64 + 32 * h >= a.K) continue;  // the pad half of a last half chunk
@@ -328,11 +423,6 @@ __global__ void __launch_bounds__(kGemmWarps * 32, 1) bf16_mxfp4w_moe_gemm(MoeGe
                                  tc::word(b, 2 * q + 1));
       }
     }
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      wcur[i] = wnext[i];
-      scur[i] = snext[i];
-    }
   }
   tc::cp_async_wait<0>();
 
@@ -340,14 +430,15 @@ __global__ void __launch_bounds__(kGemmWarps * 32, 1) bf16_mxfp4w_moe_gemm(MoeGe
   for (int i = 0; i < 2; ++i) {
     if (!vt[i]) continue;
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) moe_epilogue<kMlp1>(a, e, row0, cnt, rt0 + i, r, wt * (BM / 2) + 8 * nt + 2 * c, acc[i][nt]);
+    for (int nt = 0; nt < NT; ++nt)
+      moe_epilogue<kMlp1>(a, e, row0, cnt, rtb + 2 * wr + i, r, wt * (BM / 2) + 8 * nt + 2 * c, acc[i][nt]);
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // launchers
 // ---------------------------------------------------------------------------------------------
-constexpr size_t kWsAlign = 256;
+constexpr size_t kWsAlign = 256;  // sub-buffer alignment within the workspace
 
 size_t align_up(size_t v) { return (v + kWsAlign - 1) / kWsAlign * kWsAlign; }
 
@@ -391,16 +482,19 @@ size_t workspace_layout(size_t S, size_t E, size_t H, size_t I, char* base, MoeW
 template <bool kMlp1>
 Status launch_gemv(const MoeGemmArgs& a, int max_tiles, cudaStream_t stream) {
   const dim3 grid(a.R / kMxfp4TileRows, max_tiles);
-  bf16_mxfp4w_moe_gemv<kMlp1><<<grid, kDecodeWarps * 32, 0, stream>>>(a);
+  bf16_mxfp4w_moe_gemv<kMlp1, false><<<grid, kDecodeWarps * 32, 0, stream>>>(a);
   GPTOSS_CUDA_LAUNCH_CHECK(kMlp1 ? "bf16_mxfp4w_moe_gemv<mlp1>" : "bf16_mxfp4w_moe_gemv<mlp2>");
   return Status::Ok();
 }
 
 template <int BM, bool kMlp1>
 Status launch_gemm(const MoeGemmArgs& a, int max_tiles, cudaStream_t stream) {
-  constexpr int kSmem = kGemmStages * BM * 128;
+  constexpr int kSmem = kGemmStages * moe_gemm_stage_bytes<BM>();
   auto kernel = bf16_mxfp4w_moe_gemm<BM, kMlp1>;
-  GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  // Opt in to > 48 KB of dynamic shared memory once per process (the first call; the attribute
+  // call is host-side and may synchronise with pending copies, so not on every launch).
+  static const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  GPTOSS_CUDA_CHECK(attr);
   const int row_tiles = a.R / kMxfp4TileRows;
   const dim3 grid(max_tiles, (row_tiles + kGemmRowTiles - 1) / kGemmRowTiles);
   kernel<<<grid, kGemmWarps * 32, kSmem, stream>>>(a);
@@ -417,6 +511,9 @@ Status launch_matmul(int bm, const MoeGemmArgs& a, int max_tiles, cudaStream_t s
     default: return launch_gemm<128, kMlp1>(a, max_tiles, stream);
   }
 }
+
+// Steps with at most this many slots (T * k) take the per-slot decode path.
+constexpr int kPerSlotMaxSlots = 32;
 
 // Token-tile size from the average number of rows per expert: the decode kernel while most
 // experts see a handful of tokens, then ever larger tensor-core tiles.
@@ -460,18 +557,58 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
     return make_error(StatusCode::InvalidArgument,
                       "moe: x must be 16-byte aligned with ldx >= H and ldx % 8 == 0, got ldx=" + std::to_string(p.ldx) + shape);
   if (p.ldy < p.H) return make_error(StatusCode::InvalidArgument, "moe: ldy=" + std::to_string(p.ldy) + " < H" + shape);
-  if (!aligned(p.w1_blocks, 16) || !aligned(p.w2_blocks, 16) || !aligned(p.w1_scales, 4) || !aligned(p.w2_scales, 4))
-    return make_error(StatusCode::InvalidArgument, "moe: MXFP4 blocks must be 16-byte and scales 4-byte aligned" + shape);
+  if (!aligned(p.w1_blocks, 16) || !aligned(p.w2_blocks, 16) || !aligned(p.w1_scales, 16) || !aligned(p.w2_scales, 16))
+    return make_error(StatusCode::InvalidArgument, "moe: MXFP4 blocks and scales must be 16-byte aligned" + shape);
 
   const size_t S = size_t(p.T) * size_t(p.k);
   if (S > size_t(1) << 30) return make_error(StatusCode::InvalidArgument, "moe: too many slots" + shape);
   const size_t need = workspace_layout(S, size_t(p.E), size_t(p.H), size_t(p.I), nullptr, nullptr);
-  if (!workspace || workspace_bytes < need || !aligned(workspace, kWsAlign))
+  if (!workspace || !aligned(workspace, 16))
+    return make_error(StatusCode::InvalidArgument, "moe: the workspace must be a 16-byte aligned device buffer" + shape);
+  if (workspace_bytes < need)
     return make_error(StatusCode::InvalidArgument, "moe: workspace of " + std::to_string(workspace_bytes) +
-                                                       " bytes (256-byte aligned) is too small: this step needs " +
-                                                       std::to_string(need) + "; size it with moe_workspace_bytes" + shape);
+                                                       " bytes is too small: this step needs " + std::to_string(need) +
+                                                       "; size it with moe_workspace_bytes" + shape);
   MoeWorkspace w;
   workspace_layout(S, size_t(p.E), size_t(p.H), size_t(p.I), static_cast<char*>(workspace), &w);
+
+  MoeGemmArgs a{};
+  a.z = w.z;
+  a.I = p.I;
+  a.expert_w = p.expert_w;
+  a.partial = w.partial;
+  a.alpha = p.swiglu_alpha;
+  a.limit = p.swiglu_limit;
+  a.expert_idx = p.expert_idx;
+  a.E = p.E;
+  a.k = p.k;
+  a.y = p.y;
+  a.ldy = p.ldy;
+
+  // Decode-sized steps: per-slot mlp1, then mlp2 fused with the combine. Two launches, no routing.
+  if (S <= size_t(kPerSlotMaxSlots) && p.k <= kDownWarps) {
+    a.act = static_cast<const bf16_t*>(p.x);
+    a.ld_act = p.ldx;
+    a.wb = p.w1_blocks;
+    a.ws = p.w1_scales;
+    a.bias = p.b1;
+    a.R = 2 * p.I;
+    a.K = p.H;
+    a.chunks = mxfp4_chunks(p.H / 32);
+    bf16_mxfp4w_moe_gemv<true, true><<<dim3(unsigned(S), a.R / kMxfp4TileRows), kDecodeWarps * 32, 0, stream>>>(a);
+    GPTOSS_CUDA_LAUNCH_CHECK("bf16_mxfp4w_moe_gemv<mlp1, per slot>");
+    a.act = w.z;
+    a.ld_act = p.I;
+    a.wb = p.w2_blocks;
+    a.ws = p.w2_scales;
+    a.bias = p.b2;
+    a.R = p.H;
+    a.K = p.I;
+    a.chunks = mxfp4_chunks(p.I / 32);
+    bf16_mxfp4w_moe_down_combine<<<dim3(unsigned(p.T), a.R / kMxfp4TileRows), kDownWarps * 32, 0, stream>>>(a);
+    GPTOSS_CUDA_LAUNCH_CHECK("bf16_mxfp4w_moe_down_combine");
+    return Status::Ok();
+  }
 
   const int bm = choose_tile_rows(int(S), p.E);
   const int max_tiles = expert_route_max_tiles(int(S), p.E, bm);
@@ -489,18 +626,11 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
   rp.n_tiles = w.n_tiles;
   GPTOSS_RETURN_IF_ERROR(launch_expert_route(rp, stream));
 
-  MoeGemmArgs a;
   a.sorted_slot = w.sorted_slot;
   a.expert_off = w.expert_off;
   a.tile_expert = w.tile_expert;
   a.tile_row0 = w.tile_row0;
   a.n_tiles = w.n_tiles;
-  a.z = w.z;
-  a.I = p.I;
-  a.expert_w = p.expert_w;
-  a.partial = w.partial;
-  a.alpha = p.swiglu_alpha;
-  a.limit = p.swiglu_limit;
 
   // mlp1: rows 2I, K = H, B = x gathered by token.
   a.act = static_cast<const bf16_t*>(p.x);

@@ -29,7 +29,8 @@
 // (row r, block 2j+1), (row r+8, block 2j+1); a lane reads its 4 bytes with one 32-bit load.
 //
 // ---- The op -----------------------------------------------------------------------------------
-// Per step: expert_route.cu sorts the (token, slot) pairs by expert (stable, deterministic) and
+// Decode steps (T * k <= 32) run two kernels: mlp1 + SwiGLU per slot, then mlp2 fused with the
+// weighted, slot-ordered sum onto y. Larger steps: expert_route.cu sorts the (token, slot) pairs by expert (stable, deterministic) and
 // cuts each expert's rows into tiles; mlp1 (+ bias + clamped SwiGLU, z in bf16 [T*k][I] in sorted
 // order) and mlp2 (+ bias, times the routing weight, into an f32 partial [T*k][H] per slot) run as
 // grouped tensor-core GEMMs over those tiles; a combine kernel adds the k partials of each token
@@ -48,7 +49,9 @@
 
 namespace gptoss {
 
-// Scratch for launch_moe_mxfp4 at the largest step `limits` allows (max_tokens x top_k slots).
+// Scratch for launch_moe_mxfp4 at the largest step `limits` allows (max_tokens x top_k slots):
+// about max_tokens * top_k * (2 I + 4 H) bytes (bf16 z, f32 partials) plus small index arrays.
+// The buffer passed to launch_moe_mxfp4 must be 16-byte aligned (cudaMalloc's 256 is fine).
 size_t moe_workspace_bytes(const BackendLimits& limits);
 
 // y[t] += sum_j w[t, j] * (W2[e] swiglu(W1[e] x[t] + b1[e]) + b2[e]) (ops.h). x bf16 [T][ldx]

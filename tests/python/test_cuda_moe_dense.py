@@ -4,7 +4,8 @@ so the MXFP4 re-layout of place_weight is exercised), against the float64 refere
 tests/reference.py and against the CPU backend on identical inputs.
 
 Every test names the kernel path its shape selects (the thresholds mirror launch_dense_bf16 and
-choose_tile_rows in cuda/moe_mxfp4.cu), so one failing run says which kernel and which shape.
+launch_moe_mxfp4), so one failing run says which kernel and which shape. The same kernels can be
+checked without the binding or the backend by `python bench/cuda_kernels.py --check`.
 
 Tolerances (bf16 activations on CUDA: the binding rounds x to bf16 before upload):
   * dense: the reference is computed from the bf16-rounded x, so the kernel's only errors are the
@@ -24,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/reference.py
-import reference as ref  # noqa: E402
-
 _core = pytest.importorskip("gpt_oss_c._core")
 if not _core.cuda_available():
     pytest.skip("no CUDA backend or GPU (gpt_oss_c._core.cuda_available() is False)", allow_module_level=True)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/reference.py
+import reference as ref  # noqa: E402
 
 pytestmark = pytest.mark.cuda
 ops = _core.ops
@@ -63,7 +64,7 @@ def dense_path(T, N, K):
         return "bf16_dense_generic"
     if T <= 16:
         tiles, chunks, ks = (N + 15) // 16, (K + 63) // 64, 1
-        while ks < 8 and tiles * ks < 1024 and chunks >= 4 * ks:
+        while ks < 8 and tiles * ks < 2048 and chunks >= 4 * ks:
             ks *= 2
         return f"bf16_dense_gemv_mma NT={1 if T <= 8 else 2} KS={ks}"
     return "bf16_dense_gemm_mma " + ("64x64" if T <= 64 else "128x128")
@@ -139,9 +140,11 @@ def test_dense_is_deterministic():
 
 
 def moe_path(T, k, E):
+    if T * k <= 32 and k <= 8:
+        return "bf16_mxfp4w_moe_gemv per slot + bf16_mxfp4w_moe_down_combine (decode)"
     avg = -(-T * k // E)
     if avg <= 4:
-        return "bf16_mxfp4w_moe_gemv (decode)"
+        return "expert route + bf16_mxfp4w_moe_gemv (grouped decode)"
     return f"bf16_mxfp4w_moe_gemm BM={32 if avg <= 24 else 64 if avg <= 64 else 128}"
 
 
@@ -208,15 +211,18 @@ def test_moe_prefill_2048_hundreds_per_expert():
     moe_case(2048, 128, 4, 256, 512)  # 120b-like E: 64 rows per expert, BM = 64
 
 
-@pytest.mark.parametrize("T,E,k", [(300, 4, 2), (257, 2, 2), (64, 128, 4), (5, 256, 8)])
+# (5, 256, 8): 40 slots -> grouped decode; (7, 4, 3) and (2, 16, 1): per-slot with shared experts
+# and with k = 1 (8 warps on one slot); (11, 8, 3): k = 3 leaves 2 of the 8 warps idle.
+@pytest.mark.parametrize("T,E,k", [(300, 4, 2), (257, 2, 2), (64, 128, 4), (5, 256, 8), (7, 4, 3), (2, 16, 1), (10, 8, 3)])
 def test_moe_expert_counts(T, E, k):
     moe_case(T, E, k, 96, 96)
 
 
 def test_moe_skewed_routing_multi_tile_experts():
     # Every token picks experts 0 and 1: one expert holds all T rows -> several token tiles, the
-    # last partial, on the decode path (9 rows = 8 + 1) and the BM = 32 path (40 rows = 32 + 8).
-    for T, E in ((9, 64), (40, 8)):
+    # last partial, on the grouped decode path (20 rows = 8 + 8 + 4) and the BM = 32 path (40 rows
+    # = 32 + 8); and on the per-slot path, 7 slots share each expert.
+    for T, E in ((20, 64), (40, 8), (7, 64)):
         idx = np.tile(np.array([[0, 1]], np.int32), (T, 1))
         moe_case(T, E, 2, 96, 160, expert_idx=idx)
     # Duplicates within a token are allowed by the op: both slots count.
@@ -255,8 +261,8 @@ def scale_case(T, scale_bytes):
     check(out, exact, 2.0**-7 * mag, f"moe {moe_path(T, 1, E)} scale bytes {scale_bytes}")
 
 
-# T = 1: decode kernel (f32 scale on the k32 partial sums); T = 40: BM = 32 tiles (scale folded
-# into the bf16 A operand).
+# T = 1: per-slot decode kernels (f32 scale on the k32 partial sums); T = 40: BM = 32 tiles
+# (scale folded into the bf16 A operand).
 @pytest.mark.parametrize("T", [1, 40])
 def test_moe_scale_bytes_across_the_range(T):
     scale_case(T, [7, 20, 60, 100, 127, 150, 180, 200])
