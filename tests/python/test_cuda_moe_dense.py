@@ -10,7 +10,7 @@ checked without the binding or the backend by `python bench/cuda_kernels.py --ch
 Tolerances (bf16 activations on CUDA: the binding rounds x to bf16 before upload):
   * dense: the reference is computed from the bf16-rounded x, so the kernel's only errors are the
     f32 accumulation, bounded by 2^-16 of sum |x_k w_k| (+|b|) -- K <= 4096 products, each exact,
-    summed in f32 trees of depth <= ~16 -- and, for a bf16 output, one rounding (2^-9 relative);
+    summed in f32 trees of depth <= ~16 -- and, for a bf16 output, one rounding (half an ulp: <= 2^-8 relative);
   * MoE: z is rounded to bf16 between the two matmuls, as the reference implementations do, so
     the flash-attention criterion of test_ops.py: max error <= 2 x the error of the same math done
     in float64 with bf16 rounding of x and z, plus the f32 bound 1e-5 of the row's magnitude;
@@ -36,7 +36,9 @@ pytestmark = pytest.mark.cuda
 ops = _core.ops
 F32_ACC = 2.0**-16
 F32_REL = 1e-5
-BF16_OUT = 2.0**-9
+# One round-to-nearest to bf16 (8 significant bits): half an ulp, which is at most 2^-8 of |value|
+# (2^-9 holds only at the top of a binade; the first H200 run, 2026-11-28, hit exactly that).
+BF16_OUT = 2.0**-8
 
 
 def rng_for(*key) -> np.random.Generator:
