@@ -27,8 +27,23 @@ for stage in "$@"; do
     bench20b)
       timeout 300 python3 -m gpt_oss_c.bench --size 20b --quick --out "$OUT/bench20b.json" > "$OUT/bench20b.log" 2>&1
       tail -n 30 "$OUT/bench20b.log" ;;
+    ctest)
+      for t in .whl/ctest/*; do echo "== $t"; timeout 120 "$t" > "$OUT/$(basename "$t").log" 2>&1; echo "rc=$?"; tail -n 3 "$OUT/$(basename "$t").log"; done ;;
+    profile)
+      python3 -c "from gpt_oss_c.bench import scratch_checkpoint; scratch_checkpoint('20b', 'hf', None)" 2>&1 | tail -2
+      for w in decode prefill batch; do
+        GPT_OSS_C_PROFILE=1 GPT_OSS_C_NO_GRAPHS=1 timeout 200 python3 bench/profile_ops.py /dev/shm/gpt_oss_c-bench-20b-hf $w \
+          > "$OUT/profile_$w.log" 2>&1; echo "== profile $w"; head -n 14 "$OUT/profile_$w.log" | cut -c1-90
+      done ;;
+    bench20b_full)
+      timeout 400 python3 -m gpt_oss_c.bench --size 20b --out "$OUT/bench20b.json" > "$OUT/bench20b.log" 2>&1
+      tail -n 30 "$OUT/bench20b.log" ;;
     sanitize)
-      timeout 500 compute-sanitizer --tool memcheck python3 -m pytest -q -x -p no:cacheprovider \
-        tests/python/test_cuda_backend.py -k "cuda" 2>&1 | tee "$OUT/memcheck.log" | tail -30 ;;
+      for tool in memcheck racecheck; do
+        timeout 280 compute-sanitizer --tool $tool --print-limit 20 python3 -m pytest -q -p no:cacheprovider \
+          tests/python/test_cuda_backend.py tests/python/test_cuda_moe_dense.py -k "not 2048 and not 201088" \
+          > "$OUT/sanitize_$tool.log" 2>&1
+        echo "== $tool rc=$?: $(grep -E 'ERROR SUMMARY|passed|failed' "$OUT/sanitize_$tool.log" | tail -n 3 | tr '\n' ' ')"
+      done ;;
   esac
 done
