@@ -1,8 +1,9 @@
 """CUDA backend: CUDA against CPU on identical inputs (in the style of llama.cpp's test-backend-ops),
 at the shapes that select the CUDA kernels' own code paths (decode split-K over 4K-8K keys, one
 split for wide batches, decode of sequences with several tokens, prefill tiles over many sequences
-and odd GQA groups, chunked prefill through a sliding-window ring cache, full-vocab sampling with mixed per-sequence settings), plus the error a caller
-gets when CUDA is asked for and cannot be had (that one runs everywhere).
+and odd GQA groups, chunked prefill through a sliding-window ring cache, full-vocab sampling with
+mixed per-sequence settings), plus the error a caller gets when CUDA is asked for and cannot be had
+(that one runs everywhere).
 
 Inputs are rounded to bf16 before either backend sees them, so both compute from the same values
 and every difference comes from the CUDA kernels' own roundings. Tolerances, stated where used:
