@@ -1,8 +1,9 @@
 """CUDA backend: CUDA against CPU on identical inputs (in the style of llama.cpp's test-backend-ops),
 at the shapes that select the CUDA kernels' own code paths (decode split-K over 4K-8K keys, one
 split for wide batches, decode of sequences with several tokens, prefill tiles over many sequences
-and odd GQA groups, full-vocab sampling with mixed per-sequence settings), plus the error a caller
-gets when CUDA is asked for and cannot be had (that one runs everywhere).
+and odd GQA groups, chunked prefill through a sliding-window ring cache, full-vocab sampling with
+mixed per-sequence settings), plus the error a caller gets when CUDA is asked for and cannot be had
+(that one runs everywhere).
 
 Inputs are rounded to bf16 before either backend sees them, so both compute from the same values
 and every difference comes from the CUDA kernels' own roundings. Tolerances, stated where used:
@@ -266,6 +267,71 @@ def test_attention_prefill_long_chunk_after_long_cache():
 def test_attention_large_scores_stay_finite(seqs):
     # q x 8: scores of several hundred, far above the sinks; the running max must rescale exactly.
     attention_vs_cpu(n_q=64, n_kv=8, window=0, cache_len=4096, slots=1, seqs=seqs, q_scale=8.0)
+
+
+def chunked_prefill_through_cache(*, n_q, n_kv, window, cache_len, chunks, seed=0, device="cuda"):
+    """One sequence fed chunk by chunk the way the engine prefills it: per chunk, attention (keys
+    before the chunk's start come from the cache, at p % cache_len) then kv_append of the chunk,
+    both on `device`, the cache staying in bf16 between the calls. Starts as a NaN cache, so a read
+    of a position the ring no longer (or never) held poisons the output. Each chunk's output is
+    checked against the float64 reference over the whole history with the bound of the module
+    docstring; the message names the chunk (start, T, kernel path) and the window bounds lo of its
+    rows. Chunks of T <= 2 take the decode kernel, longer ones the prefill kernel."""
+    total = sum(chunks)
+    rng = rng_for("ring", seed, n_q, n_kv, window, cache_len, tuple(chunks))
+    hk = bf16(rng.standard_normal((total, n_kv, 64)))
+    hv = bf16(rng.standard_normal((total, n_kv, 64)))
+    q_all = bf16(rng.standard_normal((total, n_q, 64)))
+    sinks = rng.standard_normal(n_q).astype(np.float32)
+    ck = np.full((1, n_kv, cache_len, 64), NAN_BF16, np.uint16)
+    cv = ck.copy()
+    one = np.zeros(1, np.int32)
+    start = 0
+    for T in chunks:
+        pos = list(range(start, start + T))
+        q, k, v = (a[start : start + T].reshape(T, -1) for a in (q_all, hk, hv))
+        begin, count = np.array([start], np.int32), np.array([T], np.int32)
+        out = ops.attention(q, k, v, ck, cv, one, begin, count, sinks, window=window, device=device)
+        exact = ref.attention(q_all[start : start + T], pos, hk, hv, sinks, window).reshape(T, -1)
+        mag = ref.attention(q_all[start : start + T], pos, hk, np.abs(hv), sinks, window).reshape(T, -1)
+        lo = [max(0, p - window + 1) if window else 0 for p in (pos[0], pos[-1])]
+        assert np.isfinite(out).all(), (
+            f"chunk start={start} T={T}: attention read a NaN (a cache row the ring does not hold)")
+        check(out, exact, BF16_U * (np.abs(exact) + mag) + F32_NOISE * mag,
+              f"{'decode' if T <= 2 else 'prefill'} chunk start={start} T={T} (rows' lo {lo[0]}..{lo[1]}, "
+              f"{min(start, start - lo[0])} keys from the cache) n_q={n_q} n_kv={n_kv} window={window} "
+              f"len={cache_len}")
+        ck, cv = ops.kv_append(k, v, ck, cv, one, begin, count, device=device)
+        start += T
+
+
+# Schedules: (n_q, n_kv, window, cache_len, chunk sizes). With window W the rows of a chunk starting
+# at s see keys from lo = s - W + 1 on; the prefill kernel's key tiles start at the first row's lo.
+RING_SCHEDULES = {
+    # test_engine's tiny model (window 8, ring of 8; full layers read a long cache), chunks of 5:
+    # the end-to-end schedule that failed on the GPU, rows 23.. of the whole 33-token prefill.
+    "engine-sliding": (8, 2, 8, 8, [5] * 7),
+    "engine-full": (8, 2, 0, 64, [5] * 7),
+    # Chunk starts 7, 23, 39, 55: the first row's lo at 0, 16, 32, 48; then decode steps (T = 1, 2).
+    "lo-multiple-of-16": (8, 2, 8, 8, [7, 16, 16, 16, 3, 9, 1, 2, 12]),
+    # Starts 22, 23, 24 (first lo 15, 16, 17), chunks longer than the ring (only their last 8 rows
+    # stay in the cache, and their own later rows read none of it).
+    "lo-around-16": (8, 2, 8, 8, [22, 1, 1, 3, 4, 20, 30]),
+    # G = 3 and G = 16: a token's heads straddle warps / fill a warp's 16 rows.
+    "group-3": (6, 2, 8, 8, [5, 3, 9, 7, 16, 4, 11, 6]),
+    "group-16": (16, 1, 16, 16, [5, 11, 16, 3, 13, 17, 33, 4]),
+    # Window 16: starts 0, 5, .., 75 with lo crossing 16, 32, 48, 64; then chunks above the window.
+    "window-16": (8, 2, 16, 16, [5] * 16 + [40, 13, 1]),
+    # gpt-oss heads and window: ring of 128, chunks below and above it, lo at 0, 8, 128, 138, ...
+    "gpt-oss-128": (64, 8, 128, 128, [100, 35, 130, 5, 5, 200, 3, 1, 77]),
+}
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", list(RING_SCHEDULES))
+def test_attention_chunked_prefill_through_ring_cache(name):
+    n_q, n_kv, window, cache_len, chunks = RING_SCHEDULES[name]
+    chunked_prefill_through_cache(n_q=n_q, n_kv=n_kv, window=window, cache_len=cache_len, chunks=chunks)
 
 
 # ---------------------------------------------------------------------------------------------
