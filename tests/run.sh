@@ -25,4 +25,4 @@ fi
 echo "== ctest ($build)"
 ctest --test-dir "$build" --output-on-failure
 echo "== pytest"
-"$PY" -m pytest -q -ra "$@"
+"$PY" -m pytest -q -rfE "$@"

@@ -2,7 +2,14 @@
 
 Chunked vs whole prefill, step-by-step decode through the KV cache (across the sliding-window ring)
 vs one full forward, several sequences in one step vs each alone, and prefix reuse vs a fresh start.
-Tolerances: f32 on the CPU (the only differences are summation order), bf16-level on CUDA.
+Tolerances: on the CPU, f32 (the only differences are summation order, and CPU rows never depend on
+what else shares a step). On CUDA, activations are bf16 and different step shapes take different
+kernels (GEMV vs tensor-core GEMM) with different f32 summation orders; the bf16 roundings then differ,
+and at a router near-tie (4th/5th expert logits within ~1e-2, common in random models) a token switches
+experts, which moves its logits by up to ~1 and leaks into later positions. So CUDA is held to a
+relative Frobenius error of 5e-2, about the f32-reference error of the bf16 reference model itself
+(2.8%, test_oracle) with room for one flip; tests/python/test_cuda_engine_replay.py checks the same
+schedules op by op with near-ties accounted for.
 """
 
 import numpy as np
@@ -19,9 +26,13 @@ def ckpt(tmp_path_factory):
     return write_synthetic_checkpoint(tmp_path_factory.mktemp("engine") / "tiny", size="tiny", layout="hf", seed=3)
 
 
-def tol(device):
-    # (rtol, atol) on logits of std ~ a few units.
-    return (2e-5, 2e-4) if device == "cpu" else (2e-2, 1e-1)
+def assert_close(actual, desired, device, what=""):
+    if device == "cpu":
+        # Logits of std ~3: f32 summation-order differences only.
+        np.testing.assert_allclose(actual, desired, rtol=2e-5, atol=2e-4, err_msg=what)
+    else:
+        err = np.linalg.norm(np.asarray(actual, np.float64) - desired) / np.linalg.norm(desired)
+        assert err < 5e-2, f"{what}: relative error {err:.3e}"
 
 
 def ids_for(model, n, seed):
@@ -33,8 +44,7 @@ def test_chunked_prefill_matches_whole(ckpt, device):
     whole = gpt_oss_c.load(ckpt, device=device)
     chunked = gpt_oss_c.load(ckpt, device=device, max_step_tokens=5)  # chunks shorter than the window
     ids = ids_for(whole, 4 * whole.config.sliding_window + 1, 1)
-    rtol, atol = tol(device)
-    np.testing.assert_allclose(chunked.logits(ids), whole.logits(ids), rtol=rtol, atol=atol)
+    assert_close(chunked.logits(ids), whole.logits(ids), device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -46,11 +56,10 @@ def test_stepwise_decode_matches_full_forward(ckpt, device):
     eng = model._engine
     n0 = 3
     _, _, first = eng.step([(0, 0, ids[:n0], None)], 1, False)
-    rtol, atol = tol(device)
-    np.testing.assert_allclose(first[0], full[n0 - 1], rtol=rtol, atol=atol)
+    assert_close(first[0], full[n0 - 1], device)
     for p in range(n0, len(ids)):  # one token per step, wrapping the ring of the sliding layers
         _, _, row = eng.step([(0, p, [ids[p]], None)], 1, False)
-        np.testing.assert_allclose(row[0], full[p], rtol=rtol, atol=atol, err_msg=f"position {p}")
+        assert_close(row[0], full[p], device, f"position {p}")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -60,15 +69,14 @@ def test_batched_step_matches_single_sequences(ckpt, device):
     prompts = [ids_for(model, n, 10 + i) for i, n in enumerate(lens)]
     singles = [model.logits(p)[-1] for p in prompts]
     _, _, rows = model._engine.step([(i, 0, p, None) for i, p in enumerate(prompts)], 1, False)
-    rtol, atol = tol(device)
     for i in range(3):
-        np.testing.assert_allclose(rows[i], singles[i], rtol=rtol, atol=atol)
+        assert_close(rows[i], singles[i], device, f"sequence {i}")
     # Then a mixed step: one decode token for sequence 0 and 2, a prefill chunk for slot 1.
     nxt = ids_for(model, 4, 99)
     _, _, rows = model._engine.step(
         [(0, lens[0], nxt[:1], None), (1, lens[1], nxt[1:4], None), (2, lens[2], nxt[:1], None)], 1, False)
     for i, extra in enumerate([nxt[:1], nxt[1:4], nxt[:1]]):
-        np.testing.assert_allclose(rows[i], model.logits(prompts[i] + extra)[-1], rtol=rtol, atol=atol)
+        assert_close(rows[i], model.logits(prompts[i] + extra)[-1], device, f"mixed step, sequence {i}")
 
 
 @pytest.mark.parametrize("device", DEVICES)
