@@ -38,6 +38,10 @@ for stage in "$@"; do
     bench20b_full)
       timeout 400 python3 -m gpt_oss_c.bench --size 20b --out "$OUT/bench20b.json" > "$OUT/bench20b.log" 2>&1
       tail -n 30 "$OUT/bench20b.log" ;;
+    big)
+      df -h /dev/shm /tmp | tail -n 2; free -g | head -n 2
+      rm -rf /dev/shm/gpt_oss_c-bench-*
+      timeout 500 python3 bench/big_models.py 20b 120b > "$OUT/big_models.log" 2>&1; tail -n 6 "$OUT/big_models.log" ;;
     sanitize)
       for tool in memcheck racecheck; do
         timeout 280 compute-sanitizer --tool $tool --print-limit 20 python3 -m pytest -q -p no:cacheprovider \
