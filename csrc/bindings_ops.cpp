@@ -12,7 +12,8 @@
 // and activation outputs are widened back to float32, so the op sees what the engine would give
 // it. The residual (embed/moe/accumulating dense outputs), router logits, sinks, biases and norm
 // scales stay float32. bf16 weights are passed as their bit patterns in uint16 arrays; MXFP4
-// blocks and scales as uint8. Shapes and dtypes are checked here and reported as ValueError.
+// blocks and scales as uint8. A KV cache is a float32 array (F32 cache) or a uint16 one (bf16 bits,
+// BF16 cache), passed as is. Shapes and dtypes are checked here and reported as ValueError.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -39,6 +40,7 @@ py::dict backend_info(const std::string& device) {
   py::dict d;
   d["name"] = e.backend->name();
   d["act_type"] = dtype_name(e.backend->act_type());
+  d["kv_type"] = dtype_name(e.backend->kv_type());
   d["device_name"] = e.backend->device_name();
   d["host_memory"] = e.backend->host_memory();
   return d;
@@ -188,22 +190,59 @@ py::tuple op_rope(const py::object& q_o, const py::object& k_o, const py::object
   return py::make_tuple(qo, ko);
 }
 
+// A KV cache given as two numpy arrays [slots, n_kv, len, 64] of one dtype: float32 is an F32
+// cache, uint16 (bf16 bits) a BF16 cache. The backend returns Unsupported (NotImplementedError)
+// for a type it does not implement; ops.backend_info(device)["kv_type"] is the type it allocates.
 struct CacheArgs {
-  py::array_t<uint16_t, py::array::c_style> k, v;
+  py::array k, v;  // C-contiguous, kept alive for the raw pointers below
+  const void* k_data = nullptr;
+  const void* v_data = nullptr;
+  DType type = DType::F32;
   std::vector<int64_t> shape;
+  size_t count = 0;  // elements per array
   int slots = 0, n_kv = 0, len = 0;
 };
 
 CacheArgs cache_args(const py::object& k_o, const py::object& v_o) {
   CacheArgs a;
-  a.k = exact_arg<uint16_t>(k_o, "cache_k", "uint16 (bf16 bits)");
-  a.v = exact_arg<uint16_t>(v_o, "cache_v", "uint16 (bf16 bits)");
+  py::array k = as_array(k_o, "cache_k");
+  if (k.dtype().is(py::dtype::of<float>())) {
+    a.type = DType::F32;
+    a.k = exact_arg<float>(k_o, "cache_k", "float32");
+    a.v = exact_arg<float>(v_o, "cache_v", "float32 (the dtype of cache_k)");
+  } else if (k.dtype().is(py::dtype::of<uint16_t>())) {
+    a.type = DType::BF16;
+    a.k = exact_arg<uint16_t>(k_o, "cache_k", "uint16");
+    a.v = exact_arg<uint16_t>(v_o, "cache_v", "uint16 (bf16 bits, the dtype of cache_k)");
+  } else {
+    throw py::value_error("cache_k must have dtype float32 (an F32 cache) or uint16 (bf16 bits, a BF16 cache), got " +
+                          std::string(py::str(k.dtype())));
+  }
   a.shape = need_shape(a.k, "cache_k", {-1, -1, -1, kHeadDim});
   need_shape(a.v, "cache_v", {a.shape[0], a.shape[1], a.shape[2], kHeadDim});
+  a.k_data = a.k.data();
+  a.v_data = a.v.data();
+  a.count = size_t(a.k.size());
   a.slots = int(a.shape[0]);
   a.n_kv = int(a.shape[1]);
   a.len = int(a.shape[2]);
   return a;
+}
+
+template <class T>
+Status upload_cache_as(Call& c, const CacheArgs& a, KVCacheView* view) {
+  T *k = nullptr, *v = nullptr;
+  GPTOSS_RETURN_IF_ERROR(c.upload(static_cast<const T*>(a.k_data), a.count, "cache_k", &k));
+  GPTOSS_RETURN_IF_ERROR(c.upload(static_cast<const T*>(a.v_data), a.count, "cache_v", &v));
+  view->k = k;
+  view->v = v;
+  return Status::Ok();
+}
+
+Status upload_cache(Call& c, const CacheArgs& a, KVCacheView* view) {
+  view->type = a.type;
+  view->slots = a.slots; view->n_kv = a.n_kv; view->len = a.len;
+  return a.type == DType::F32 ? upload_cache_as<float>(c, a, view) : upload_cache_as<uint16_t>(c, a, view);
 }
 
 py::array_t<float> op_attention(const py::object& q_o, const py::object& k_o, const py::object& v_o,
@@ -237,10 +276,7 @@ py::array_t<float> op_attention(const py::object& q_o, const py::object& k_o, co
     GPTOSS_RETURN_IF_ERROR(c.upload_act(q.data(), size_t(T) * p.ldq, "q", &p.q));
     GPTOSS_RETURN_IF_ERROR(c.upload_act(k.data(), size_t(T) * p.ldkv, "k", &p.k));
     GPTOSS_RETURN_IF_ERROR(c.upload_act(v.data(), size_t(T) * p.ldkv, "v", &p.v));
-    const size_t cache_n = size_t(cache.k.size());
-    GPTOSS_RETURN_IF_ERROR(c.upload(cache.k.data(), cache_n, "cache_k", reinterpret_cast<uint16_t**>(&p.cache.k)));
-    GPTOSS_RETURN_IF_ERROR(c.upload(cache.v.data(), cache_n, "cache_v", reinterpret_cast<uint16_t**>(&p.cache.v)));
-    p.cache.slots = cache.slots; p.cache.n_kv = nkv; p.cache.len = cache.len;
+    GPTOSS_RETURN_IF_ERROR(upload_cache(c, cache, &p.cache));
     GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::VectorF32, sinks.data(), size_t(nq), ss, "sinks", &p.sinks));
     GPTOSS_RETURN_IF_ERROR(c.alloc_act(size_t(T) * p.ldo, "out", &p.out));
     GPTOSS_RETURN_IF_ERROR(c.backend().attention(p));
@@ -260,8 +296,9 @@ py::tuple op_kv_append(const py::object& k_o, const py::object& v_o, const py::o
   HostBatch hb = make_batch(i32_arg(slot_o, "seq_slot"), i32_arg(start_o, "seq_start"), i32_arg(lens_o, "seq_lens"),
                             T, cache.slots, "kv_append");
   std::vector<py::ssize_t> cshape(cache.shape.begin(), cache.shape.end());
-  py::array_t<uint16_t> ko(cshape), vo(cshape);
-  uint16_t *ko_h = ko.mutable_data(), *vo_h = vo.mutable_data();
+  py::array ko(cache.k.dtype(), cshape), vo(cache.k.dtype(), cshape);
+  void *ko_h = ko.mutable_data(), *vo_h = vo.mutable_data();
+  const size_t cache_bytes = cache.count * dtype_size(cache.type);
   run_on(device, [&](Call& c) -> Status {
     KVAppendParams p;
     p.act_type = c.act();
@@ -269,13 +306,10 @@ py::tuple op_kv_append(const py::object& k_o, const py::object& v_o, const py::o
     GPTOSS_RETURN_IF_ERROR(c.upload_batch(hb, &p.batch));
     GPTOSS_RETURN_IF_ERROR(c.upload_act(k.data(), size_t(T) * p.ldkv, "k", &p.k));
     GPTOSS_RETURN_IF_ERROR(c.upload_act(v.data(), size_t(T) * p.ldkv, "v", &p.v));
-    const size_t cache_n = size_t(cache.k.size());
-    GPTOSS_RETURN_IF_ERROR(c.upload(cache.k.data(), cache_n, "cache_k", reinterpret_cast<uint16_t**>(&p.cache.k)));
-    GPTOSS_RETURN_IF_ERROR(c.upload(cache.v.data(), cache_n, "cache_v", reinterpret_cast<uint16_t**>(&p.cache.v)));
-    p.cache.slots = cache.slots; p.cache.n_kv = cache.n_kv; p.cache.len = cache.len;
+    GPTOSS_RETURN_IF_ERROR(upload_cache(c, cache, &p.cache));
     GPTOSS_RETURN_IF_ERROR(c.backend().kv_append(p));
-    GPTOSS_RETURN_IF_ERROR(c.download(ko_h, static_cast<const uint16_t*>(p.cache.k), cache_n));
-    return c.download(vo_h, static_cast<const uint16_t*>(p.cache.v), cache_n);
+    GPTOSS_RETURN_IF_ERROR(c.backend().copy_to_host(ko_h, p.cache.k, cache_bytes));
+    return c.backend().copy_to_host(vo_h, p.cache.v, cache_bytes);
   });
   return py::make_tuple(ko, vo);
 }
@@ -422,7 +456,8 @@ void register_op_bindings(py::module_& m) {
       "weights are uint16 bit patterns; MXFP4 blocks/scales are uint8. device: 'cpu', 'cpu:THREADS', "
       "'cuda' or 'cuda:INDEX'.");
   ops.def("backend_info", &backend_info, py::arg("device") = "cpu",
-          "dict(name, act_type, device_name, host_memory) of the backend used for `device`.");
+          "dict(name, act_type, kv_type, device_name, host_memory) of the backend used for `device` "
+          "(act_type: activations, kv_type: the KV cache the engine allocates; 'F32' or 'BF16').");
   ops.def("embed", &op_embed, py::arg("ids"), py::arg("table"), py::arg("device") = "cpu",
           "ids int[T], table uint16[V, H] (bf16 bits) -> float32[T, H] = table[ids].");
   ops.def("rmsnorm", &op_rmsnorm, py::arg("x"), py::arg("w"), py::arg("rows") = py::none(), py::arg("eps") = 1e-5f,
@@ -442,12 +477,14 @@ void register_op_bindings(py::module_& m) {
           py::arg("cache_v"), py::arg("seq_slot"), py::arg("seq_start"), py::arg("seq_lens"), py::arg("sinks"),
           py::arg("window") = 0, py::arg("scale") = 0.125f, py::arg("device") = "cpu",
           "q float32[T, n_q*64], k/v float32[T, n_kv*64] (this step), cache_k/cache_v "
-          "uint16[slots, n_kv, len, 64] (bf16 bits, position p at p % len), per sequence s "
+          "[slots, n_kv, len, 64] (position p at p % len), float32 for an F32 cache or uint16 (bf16 bits) "
+          "for a BF16 cache; keys and values are used at the cache's precision. Per sequence s "
           "(tokens in order): seq_slot, seq_start (absolute position of its first token) and "
           "seq_lens, sinks float32[n_q] -> float32[T, n_q*64].");
   ops.def("kv_append", &op_kv_append, py::arg("k"), py::arg("v"), py::arg("cache_k"), py::arg("cache_v"),
           py::arg("seq_slot"), py::arg("seq_start"), py::arg("seq_lens"), py::arg("device") = "cpu",
-          "Returns copies of (cache_k, cache_v) with this step's k/v written at pos % len.");
+          "Returns copies of (cache_k, cache_v) (float32 or uint16 bf16 bits, as given) with this step's "
+          "k/v written at pos % len, converted to the cache's type.");
   ops.def("router_topk", &op_router_topk, py::arg("logits"), py::arg("k"), py::arg("device") = "cpu",
           "logits float32[T, E] -> (int32[T, k] experts sorted by logit, ties lower index first; "
           "float32[T, k] softmax over those k logits).");

@@ -107,9 +107,10 @@ struct RopeParams {
 // Keys before seq_start come from the cache; keys at or after it come from this step's k/v.
 //   s_j = (q . k_j) * scale;   out = sum_j exp(s_j - m) v_j / (sum_j exp(s_j - m) + exp(sink_h - m))
 // The sink adds to the denominator only: it has no value row, and it is neither scaled nor masked.
-// Every key and value is used at bf16 precision, the cache's type, this step's included (a backend
-// with F32 activations rounds them first): a token then sees the same keys in this step as it will
-// from the cache later, and a prefill gives the same result in one chunk or several.
+// Keys and values are used at the precision of the cache's type, this step's included: F32 on the
+// CPU (nothing is rounded), BF16 on CUDA (this step's keys and values are rounded to bf16 as the
+// cache will store them). A token then sees the same keys in this step as it will from the cache
+// later, and a prefill gives the same result in one chunk or several.
 struct AttentionParams {
   BatchDesc batch;
   const void* q = nullptr;  int ldq = 0;     // [T][n_q*64], after RoPE

@@ -20,7 +20,9 @@ struct CpuScratch {
   std::vector<float> moe_z;        // [A][I]  swiglu outputs, permuted for mlp2
   std::vector<float> moe_y;        // [A][H]  expert outputs incl. b2, before weighting
   std::vector<int32_t> moe_index;  // counting-sort tables
-  std::vector<uint16_t> attn_kv;   // [2][T][n_kv*64] this step's k and v rounded to bf16
+  std::vector<float> attn_parts;   // attention partial softmax states, [chunks][n_kv][G*(64+2)]
+  std::vector<int32_t> attn_chunk0;  // [T+1] first chunk of each token
+  std::vector<uint16_t> attn_kv_bf16;  // [2][T][n_kv*64] this step's k/v rounded, for a BF16 cache
   std::vector<float> sample;       // [S][V]  per-sequence probabilities
 };
 
@@ -61,6 +63,8 @@ Status cpu_rmsnorm(CpuContext& c, const RMSNormParams& p);
 Status cpu_dense(CpuContext& c, const DenseParams& p);
 Status cpu_rope(CpuContext& c, const RopeParams& p);
 Status cpu_attention(CpuContext& c, const AttentionParams& p);
+// Floats of attn_parts that attention may need for steps within these limits (0: it never splits).
+size_t cpu_attention_partial_floats(int max_tokens, int n_q, int n_kv, int max_context, int threads);
 Status cpu_kv_append(CpuContext& c, const KVAppendParams& p);
 Status cpu_router_topk(CpuContext& c, const RouterParams& p);
 Status cpu_moe(CpuContext& c, const MoEParams& p);

@@ -39,11 +39,20 @@ struct SimdKernels {
   void (*gemv_mxfp4)(const uint8_t* blocks, const uint8_t* scales, int R, int nb, const float* xp,
                      size_t ldx, int T, float* out, size_t ldo);
 
-  // s[h*lds + j] = sum_d q[h*64 + d] * f32(k[j][d])   for h < G, j < n (n <= kAttnMaxKeys).
-  void (*attn_scores)(const float* q, int G, const uint16_t* const* k, int n, float* s, int lds);
-
-  // acc[h*64 + d] += sum_j p[h*ldp + j] * f32(v[j][d])   for h < G, j < n (n <= kAttnMaxKeys).
-  void (*attn_accum)(const float* p, int ldp, int G, const uint16_t* const* v, int n, float* acc);
+  // Attention over a block of n <= kAttnMaxKeys keys for the G query heads that share one kv head,
+  // as three steps (q [G][64] f32; k[j], v[j] point at 64-element key/value rows):
+  //   scores:  s[h*lds + j] = sum_d q[h*64 + d] * k[j][d]
+  //   softmax: the online-softmax update of each head's state (m[h], l[h], acc[h*64 ...]):
+  //              s[h*lds + j] *= scale;  mb = max(m[h], max_j s[h*lds + j]);
+  //              if mb > m[h]: alpha = exp(m[h] - mb), l[h] *= alpha, acc[h*64 + d] *= alpha, m[h] = mb;
+  //              s[h*lds + j] = exp(s[h*lds + j] - mb);  l[h] += sum_j s[h*lds + j]
+  //   accum:   acc[h*64 + d] += sum_j s[h*lds + j] * v[j][d]
+  // with K/V rows in f32 (the CPU's KV cache) or bf16 bits (a BF16 cache, for parity with CUDA).
+  void (*attn_scores_f32)(const float* q, int G, const float* const* k, int n, float* s, int lds);
+  void (*attn_scores_bf16)(const float* q, int G, const uint16_t* const* k, int n, float* s, int lds);
+  void (*attn_softmax)(float* s, int lds, int G, int n, float scale, float* m, float* l, float* acc);
+  void (*attn_accum_f32)(const float* p, int ldp, int G, const float* const* v, int n, float* acc);
+  void (*attn_accum_bf16)(const float* p, int ldp, int G, const uint16_t* const* v, int n, float* acc);
 };
 
 // x [K] -> xp [K] permuted per 32-element block as described above (K % 32 == 0).

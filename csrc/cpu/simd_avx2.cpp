@@ -8,6 +8,7 @@
 
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstring>
 
 #include "cpu/simd.h"
@@ -135,44 +136,159 @@ void gemv_mxfp4(const uint8_t* blocks, const uint8_t* scales, int R, int nb, con
   }
 }
 
-void attn_scores(const float* q, int G, const uint16_t* const* k, int n, float* s, int lds) {
-  alignas(32) float kf[kAttnMaxKeys][kAttnHeadDim];
+// ---- attention ------------------------------------------------------------------------------
+// As in simd_avx512.cpp with 8 lanes: 8 dot-product vectors per head are summed horizontally by
+// one hadd tree; accum keeps one head's 64 accumulators in 8 registers. Rows are prefetched
+// kPrefetchBytes ahead; bf16 rows are widened into a stack block first.
+
+// exp(x) lane-wise, within ~2 ulp of expf (Cephes expf, see simd_avx512.cpp). Without vscalefps,
+// 2^n is built in the exponent field, so x is clamped to where n stays in [-126, 127] and results
+// below the smallest normal (x < -87.33) are returned as 0. NaN stays NaN.
+inline __m256 exp_ps(__m256 x) {
+  const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.33f), _CMP_LT_OQ);
+  x = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-87.33f), x));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+// Lanes [0, n) set (all when n >= 8), for maskload/maskstore.
+inline __m256i first(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// Lane j of the result = the sum of the 8 lanes of v[j].
+inline __m256 hsum8(const __m256* v) {
+  const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+inline void prefetch_rows(const float* const* rows, int n) {
   for (int j = 0; j < n; ++j)
-    for (int c = 0; c < 8; ++c) _mm256_store_ps(&kf[j][8 * c], load_bf16(k[j] + 8 * c));
+    for (int c = 0; c < kAttnHeadDim * 4; c += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(rows[j]) + kPrefetchBytes + c, _MM_HINT_T0);
+}
+
+void scores(const float* q, int G, const float* const* k, int n, float* s, int lds) {
   for (int h = 0; h < G; ++h) {
     const float* qh = q + h * kAttnHeadDim;
-    for (int j = 0; j < n; ++j) {
-      __m256 a = _mm256_mul_ps(_mm256_loadu_ps(qh), _mm256_load_ps(&kf[j][0]));
-      __m256 b = _mm256_mul_ps(_mm256_loadu_ps(qh + 8), _mm256_load_ps(&kf[j][8]));
-      for (int c = 2; c < 8; c += 2) {
-        a = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 8 * c), _mm256_load_ps(&kf[j][8 * c]), a);
-        b = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 8 * c + 8), _mm256_load_ps(&kf[j][8 * c + 8]), b);
+    for (int j0 = 0; j0 < n; j0 += 8) {
+      __m256 d[8];
+      for (int jj = 0; jj < 8; ++jj) {
+        if (j0 + jj < n) {
+          const float* kj = k[j0 + jj];
+          __m256 a = _mm256_mul_ps(_mm256_loadu_ps(qh), _mm256_loadu_ps(kj));
+          __m256 b = _mm256_mul_ps(_mm256_loadu_ps(qh + 8), _mm256_loadu_ps(kj + 8));
+          for (int c = 16; c < kAttnHeadDim; c += 16) {
+            a = _mm256_fmadd_ps(_mm256_loadu_ps(qh + c), _mm256_loadu_ps(kj + c), a);
+            b = _mm256_fmadd_ps(_mm256_loadu_ps(qh + c + 8), _mm256_loadu_ps(kj + c + 8), b);
+          }
+          d[jj] = _mm256_add_ps(a, b);
+        } else {
+          d[jj] = _mm256_setzero_ps();
+        }
       }
-      s[h * lds + j] = hsum(_mm256_add_ps(a, b));
+      _mm256_maskstore_ps(s + h * lds + j0, first(n - j0), hsum8(d));
     }
   }
 }
 
-void attn_accum(const float* p, int ldp, int G, const uint16_t* const* v, int n, float* acc) {
-  alignas(32) float vf[kAttnMaxKeys][kAttnHeadDim];
-  for (int j = 0; j < n; ++j)
-    for (int c = 0; c < 8; ++c) _mm256_store_ps(&vf[j][8 * c], load_bf16(v[j] + 8 * c));
+void attn_scores_f32(const float* q, int G, const float* const* k, int n, float* s, int lds) {
+  prefetch_rows(k, n);
+  scores(q, G, k, n, s, lds);
+}
+
+void attn_softmax(float* s, int lds, int G, int n, float scale, float* m, float* l, float* acc) {
+  const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-INFINITY);
+  for (int h = 0; h < G; ++h) {
+    float* sh = s + h * lds;
+    __m256 mx = _mm256_set1_ps(m[h]);
+    for (int j = 0; j < n; j += 8) {
+      const __m256i mk = first(n - j);
+      const __m256 x = _mm256_mul_ps(_mm256_maskload_ps(sh + j, mk), vscale);
+      _mm256_maskstore_ps(sh + j, mk, x);
+      mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, x, _mm256_castsi256_ps(mk)));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float mb = _mm_cvtss_f32(m4);
+    if (mb > m[h]) {
+      const __m256 alpha = exp_ps(_mm256_set1_ps(m[h] - mb));
+      l[h] *= _mm256_cvtss_f32(alpha);
+      float* a = acc + h * kAttnHeadDim;
+      for (int c = 0; c < kAttnHeadDim; c += 8) _mm256_storeu_ps(a + c, _mm256_mul_ps(_mm256_loadu_ps(a + c), alpha));
+      m[h] = mb;
+    }
+    const __m256 vm = _mm256_set1_ps(mb);
+    __m256 sum = _mm256_setzero_ps();
+    for (int j = 0; j < n; j += 8) {
+      const __m256i mk = first(n - j);
+      const __m256 x = _mm256_sub_ps(_mm256_maskload_ps(sh + j, mk), vm);
+      const __m256 e = _mm256_and_ps(exp_ps(x), _mm256_castsi256_ps(mk));  // lanes past n add 0
+      _mm256_maskstore_ps(sh + j, mk, e);
+      sum = _mm256_add_ps(sum, e);
+    }
+    l[h] += hsum(sum);
+  }
+}
+
+void accum(const float* p, int ldp, int G, const float* const* v, int n, float* acc) {
   for (int h = 0; h < G; ++h) {
     float* a = acc + h * kAttnHeadDim;
     __m256 av[8];
     for (int c = 0; c < 8; ++c) av[c] = _mm256_loadu_ps(a + 8 * c);
     for (int j = 0; j < n; ++j) {
       const __m256 pj = _mm256_set1_ps(p[h * ldp + j]);
-      for (int c = 0; c < 8; ++c) av[c] = _mm256_fmadd_ps(pj, _mm256_load_ps(&vf[j][8 * c]), av[c]);
+      for (int c = 0; c < 8; ++c) av[c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v[j] + 8 * c), av[c]);
     }
     for (int c = 0; c < 8; ++c) _mm256_storeu_ps(a + 8 * c, av[c]);
   }
 }
 
+void attn_accum_f32(const float* p, int ldp, int G, const float* const* v, int n, float* acc) {
+  prefetch_rows(v, n);
+  accum(p, ldp, G, v, n, acc);
+}
+
+// bf16 rows (a BF16 cache): widened once into f32 rows on the stack, then the f32 kernels.
+struct WidenedRows {
+  alignas(32) float f[kAttnMaxKeys][kAttnHeadDim];
+  const float* rows[kAttnMaxKeys];
+  WidenedRows(const uint16_t* const* r, int n) {
+    for (int j = 0; j < n; ++j) {
+      for (int c = 0; c < 8; ++c) _mm256_store_ps(&f[j][8 * c], load_bf16(r[j] + 8 * c));
+      rows[j] = f[j];
+    }
+  }
+};
+
+void attn_scores_bf16(const float* q, int G, const uint16_t* const* k, int n, float* s, int lds) {
+  const WidenedRows w(k, n);
+  scores(q, G, w.rows, n, s, lds);
+}
+
+void attn_accum_bf16(const float* p, int ldp, int G, const uint16_t* const* v, int n, float* acc) {
+  const WidenedRows w(v, n);
+  accum(p, ldp, G, w.rows, n, acc);
+}
+
 }  // namespace
 
 const SimdKernels& simd_avx2_kernels() {
-  static const SimdKernels k = {"avx2", gemv_bf16, gemv_mxfp4, attn_scores, attn_accum};
+  static const SimdKernels k = {"avx2",           gemv_bf16,    gemv_mxfp4,     attn_scores_f32,
+                                attn_scores_bf16, attn_softmax, attn_accum_f32, attn_accum_bf16};
   return k;
 }
 

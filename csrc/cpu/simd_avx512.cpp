@@ -138,52 +138,177 @@ void gemv_mxfp4(const uint8_t* blocks, const uint8_t* scales, int R, int nb, con
   }
 }
 
-// Attention: the n key (value) rows are widened to f32 once per call into a stack block, then each
-// query head runs over them with its own registers.
-void attn_scores(const float* q, int G, const uint16_t* const* k, int n, float* s, int lds) {
-  alignas(64) float kf[kAttnMaxKeys][kAttnHeadDim];
+// ---- attention ------------------------------------------------------------------------------
+// Scores: per head, 16 keys at a time: 16 dot-product vectors (q . k_j lane-wise, 4 FMAs each)
+// are summed horizontally together by one transpose-and-add tree (hsum16) instead of 16 separate
+// reductions. K rows are read from L1 after the first head (64 rows of f32 are 16 KiB).
+// Accum: heads in groups of 4 (16 accumulator registers), so each V row is loaded once per group.
+// K/V rows stream from memory at long context; each row stream is prefetched kPrefetchBytes ahead
+// (rows of a cache slot and kv head are contiguous). bf16 rows (a BF16 cache, for parity tests)
+// are first widened into a stack block, then take the f32 path.
+
+// exp(x) lane-wise, within ~2 ulp of expf (Cephes expf): x = n ln2 + r with |r| <= ln2/2 (ln2 in
+// two parts), exp(r) by a degree-6 polynomial, times 2^n by vscalefps, which also produces the
+// subnormal results and 0 below them. The clamp keeps r small for huge |x|; NaN stays NaN (vmaxps
+// and vminps return their second operand when either is NaN).
+inline __m512 exp_ps(__m512 x) {
+  x = _mm512_min_ps(_mm512_set1_ps(88.7f), _mm512_max_ps(_mm512_set1_ps(-104.0f), x));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __mmask16 first(int n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
+
+// Lane j of the result = the sum of the 16 lanes of v[j].
+inline __m512 hsum16(const __m512* v) {
+  __m512 a[8], b[4];
+  for (int i = 0; i < 8; ++i)
+    a[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {  // b[i], 128-bit block L: lane L's partial sums of keys 4i..4i+3
+    const __m512d x = _mm512_castps_pd(a[2 * i]), y = _mm512_castps_pd(a[2 * i + 1]);
+    b[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(b[0], b[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_f32x4(b[0], b[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(b[2], b[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_f32x4(b[2], b[3], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(s01, s23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// One prefetch per cache line of each row, kPrefetchBytes ahead in its stream.
+inline void prefetch_rows(const float* const* rows, int n) {
   for (int j = 0; j < n; ++j)
-    for (int c = 0; c < 4; ++c) _mm512_store_ps(&kf[j][16 * c], load_bf16(k[j] + 16 * c));
+    for (int c = 0; c < kAttnHeadDim * 4; c += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(rows[j]) + kPrefetchBytes + c, _MM_HINT_T0);
+}
+
+void scores(const float* q, int G, const float* const* k, int n, float* s, int lds) {
   for (int h = 0; h < G; ++h) {
     const float* qh = q + h * kAttnHeadDim;
     const __m512 q0 = _mm512_loadu_ps(qh), q1 = _mm512_loadu_ps(qh + 16);
     const __m512 q2 = _mm512_loadu_ps(qh + 32), q3 = _mm512_loadu_ps(qh + 48);
-    for (int j = 0; j < n; ++j) {
-      __m512 a = _mm512_mul_ps(q0, _mm512_load_ps(&kf[j][0]));
-      __m512 b = _mm512_mul_ps(q1, _mm512_load_ps(&kf[j][16]));
-      a = _mm512_fmadd_ps(q2, _mm512_load_ps(&kf[j][32]), a);
-      b = _mm512_fmadd_ps(q3, _mm512_load_ps(&kf[j][48]), b);
-      s[h * lds + j] = _mm512_reduce_add_ps(_mm512_add_ps(a, b));
+    for (int j0 = 0; j0 < n; j0 += 16) {
+      __m512 d[16];
+      for (int jj = 0; jj < 16; ++jj) {
+        if (j0 + jj < n) {
+          const float* kj = k[j0 + jj];
+          __m512 a = _mm512_mul_ps(q0, _mm512_loadu_ps(kj));
+          __m512 b = _mm512_mul_ps(q1, _mm512_loadu_ps(kj + 16));
+          a = _mm512_fmadd_ps(q2, _mm512_loadu_ps(kj + 32), a);
+          b = _mm512_fmadd_ps(q3, _mm512_loadu_ps(kj + 48), b);
+          d[jj] = _mm512_add_ps(a, b);
+        } else {
+          d[jj] = _mm512_setzero_ps();
+        }
+      }
+      _mm512_mask_storeu_ps(s + h * lds + j0, first(n - j0), hsum16(d));
     }
   }
 }
 
-void attn_accum(const float* p, int ldp, int G, const uint16_t* const* v, int n, float* acc) {
-  alignas(64) float vf[kAttnMaxKeys][kAttnHeadDim];
-  for (int j = 0; j < n; ++j)
-    for (int c = 0; c < 4; ++c) _mm512_store_ps(&vf[j][16 * c], load_bf16(v[j] + 16 * c));
+void attn_scores_f32(const float* q, int G, const float* const* k, int n, float* s, int lds) {
+  prefetch_rows(k, n);
+  scores(q, G, k, n, s, lds);
+}
+
+void attn_softmax(float* s, int lds, int G, int n, float scale, float* m, float* l, float* acc) {
+  const __m512 vscale = _mm512_set1_ps(scale);
   for (int h = 0; h < G; ++h) {
-    float* a = acc + h * kAttnHeadDim;
-    __m512 a0 = _mm512_loadu_ps(a), a1 = _mm512_loadu_ps(a + 16);
-    __m512 a2 = _mm512_loadu_ps(a + 32), a3 = _mm512_loadu_ps(a + 48);
-    for (int j = 0; j < n; ++j) {
-      const __m512 pj = _mm512_set1_ps(p[h * ldp + j]);
-      a0 = _mm512_fmadd_ps(pj, _mm512_load_ps(&vf[j][0]), a0);
-      a1 = _mm512_fmadd_ps(pj, _mm512_load_ps(&vf[j][16]), a1);
-      a2 = _mm512_fmadd_ps(pj, _mm512_load_ps(&vf[j][32]), a2);
-      a3 = _mm512_fmadd_ps(pj, _mm512_load_ps(&vf[j][48]), a3);
+    float* sh = s + h * lds;
+    __m512 mx = _mm512_set1_ps(m[h]);
+    for (int j = 0; j < n; j += 16) {
+      const __mmask16 mk = first(n - j);
+      const __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, sh + j), vscale);
+      _mm512_mask_storeu_ps(sh + j, mk, x);
+      mx = _mm512_mask_max_ps(mx, mk, mx, x);
     }
-    _mm512_storeu_ps(a, a0);
-    _mm512_storeu_ps(a + 16, a1);
-    _mm512_storeu_ps(a + 32, a2);
-    _mm512_storeu_ps(a + 48, a3);
+    const float mb = _mm512_reduce_max_ps(mx);
+    if (mb > m[h]) {
+      const float alpha = _mm512_cvtss_f32(exp_ps(_mm512_set1_ps(m[h] - mb)));
+      l[h] *= alpha;
+      float* a = acc + h * kAttnHeadDim;
+      for (int c = 0; c < kAttnHeadDim; c += 16)
+        _mm512_storeu_ps(a + c, _mm512_mul_ps(_mm512_loadu_ps(a + c), _mm512_set1_ps(alpha)));
+      m[h] = mb;
+    }
+    const __m512 vm = _mm512_set1_ps(mb);
+    __m512 sum = _mm512_setzero_ps();
+    for (int j = 0; j < n; j += 16) {
+      const __mmask16 mk = first(n - j);
+      const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, sh + j), vm));
+      _mm512_mask_storeu_ps(sh + j, mk, e);
+      sum = _mm512_mask_add_ps(sum, mk, sum, e);
+    }
+    l[h] += _mm512_reduce_add_ps(sum);
   }
+}
+
+template <int NH>
+void accum_heads(const float* p, int ldp, const float* const* v, int n, float* acc) {
+  __m512 a[NH][4];
+  for (int h = 0; h < NH; ++h)
+    for (int c = 0; c < 4; ++c) a[h][c] = _mm512_loadu_ps(acc + h * kAttnHeadDim + 16 * c);
+  for (int j = 0; j < n; ++j) {
+    __m512 vj[4];
+    for (int c = 0; c < 4; ++c) vj[c] = _mm512_loadu_ps(v[j] + 16 * c);
+    for (int h = 0; h < NH; ++h) {
+      const __m512 pj = _mm512_set1_ps(p[h * ldp + j]);
+      for (int c = 0; c < 4; ++c) a[h][c] = _mm512_fmadd_ps(pj, vj[c], a[h][c]);
+    }
+  }
+  for (int h = 0; h < NH; ++h)
+    for (int c = 0; c < 4; ++c) _mm512_storeu_ps(acc + h * kAttnHeadDim + 16 * c, a[h][c]);
+}
+
+void accum(const float* p, int ldp, int G, const float* const* v, int n, float* acc) {
+  int h = 0;
+  for (; h + 4 <= G; h += 4) accum_heads<4>(p + h * ldp, ldp, v, n, acc + h * kAttnHeadDim);
+  for (; h < G; ++h) accum_heads<1>(p + h * ldp, ldp, v, n, acc + h * kAttnHeadDim);
+}
+
+void attn_accum_f32(const float* p, int ldp, int G, const float* const* v, int n, float* acc) {
+  prefetch_rows(v, n);
+  accum(p, ldp, G, v, n, acc);
+}
+
+// bf16 rows: widened once into f32 rows on the stack, then the f32 kernels.
+struct WidenedRows {
+  alignas(64) float f[kAttnMaxKeys][kAttnHeadDim];
+  const float* rows[kAttnMaxKeys];
+  WidenedRows(const uint16_t* const* r, int n) {
+    for (int j = 0; j < n; ++j) {
+      for (int c = 0; c < 4; ++c) _mm512_store_ps(&f[j][16 * c], load_bf16(r[j] + 16 * c));
+      rows[j] = f[j];
+    }
+  }
+};
+
+void attn_scores_bf16(const float* q, int G, const uint16_t* const* k, int n, float* s, int lds) {
+  const WidenedRows w(k, n);
+  scores(q, G, w.rows, n, s, lds);
+}
+
+void attn_accum_bf16(const float* p, int ldp, int G, const uint16_t* const* v, int n, float* acc) {
+  const WidenedRows w(v, n);
+  accum(p, ldp, G, w.rows, n, acc);
 }
 
 }  // namespace
 
 const SimdKernels& simd_avx512_kernels() {
-  static const SimdKernels k = {"avx512", gemv_bf16, gemv_mxfp4, attn_scores, attn_accum};
+  static const SimdKernels k = {"avx512",        gemv_bf16,      gemv_mxfp4,     attn_scores_f32,
+                                attn_scores_bf16, attn_softmax, attn_accum_f32, attn_accum_bf16};
   return k;
 }
 

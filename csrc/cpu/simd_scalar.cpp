@@ -1,5 +1,7 @@
 // Portable micro-kernels: the reference the SIMD levels are tested against, and the code path on
 // CPUs (or architectures) without AVX2. Plain loops in f32; the compiler may vectorise them.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "cpu/simd.h"
@@ -79,22 +81,44 @@ void gemv_mxfp4(const uint8_t* blocks, const uint8_t* scales, int R, int nb, con
   }
 }
 
-void attn_scores(const float* q, int G, const uint16_t* const* k, int n, float* s, int lds) {
+inline float f32(float x) { return x; }
+inline float f32(uint16_t b) { return bf16f(b); }
+
+template <class KV>
+void attn_scores(const float* q, int G, const KV* const* k, int n, float* s, int lds) {
   for (int h = 0; h < G; ++h) {
     for (int j = 0; j < n; ++j) {
       float acc = 0.0f;
-      for (int d = 0; d < kAttnHeadDim; ++d) acc += q[h * kAttnHeadDim + d] * bf16f(k[j][d]);
+      for (int d = 0; d < kAttnHeadDim; ++d) acc += q[h * kAttnHeadDim + d] * f32(k[j][d]);
       s[h * lds + j] = acc;
     }
   }
 }
 
-void attn_accum(const float* p, int ldp, int G, const uint16_t* const* v, int n, float* acc) {
+void attn_softmax(float* s, int lds, int G, int n, float scale, float* m, float* l, float* acc) {
+  for (int h = 0; h < G; ++h) {
+    float* sh = s + h * lds;
+    float mb = m[h];
+    for (int j = 0; j < n; ++j) mb = std::max(mb, sh[j] *= scale);
+    if (mb > m[h]) {
+      const float alpha = std::exp(m[h] - mb);
+      l[h] *= alpha;
+      for (int d = 0; d < kAttnHeadDim; ++d) acc[h * kAttnHeadDim + d] *= alpha;
+      m[h] = mb;
+    }
+    float sum = 0.0f;
+    for (int j = 0; j < n; ++j) sum += (sh[j] = std::exp(sh[j] - mb));
+    l[h] += sum;
+  }
+}
+
+template <class KV>
+void attn_accum(const float* p, int ldp, int G, const KV* const* v, int n, float* acc) {
   for (int h = 0; h < G; ++h) {
     float* a = acc + h * kAttnHeadDim;
     for (int j = 0; j < n; ++j) {
       const float pj = p[h * ldp + j];
-      for (int d = 0; d < kAttnHeadDim; ++d) a[d] += pj * bf16f(v[j][d]);
+      for (int d = 0; d < kAttnHeadDim; ++d) a[d] += pj * f32(v[j][d]);
     }
   }
 }
@@ -102,7 +126,9 @@ void attn_accum(const float* p, int ldp, int G, const uint16_t* const* v, int n,
 }  // namespace
 
 const SimdKernels& simd_scalar_kernels() {
-  static const SimdKernels k = {"scalar", gemv_bf16, gemv_mxfp4, attn_scores, attn_accum};
+  static const SimdKernels k = {"scalar",           gemv_bf16,          gemv_mxfp4,
+                                attn_scores<float>, attn_scores<uint16_t>, attn_softmax,
+                                attn_accum<float>,  attn_accum<uint16_t>};
   return k;
 }
 

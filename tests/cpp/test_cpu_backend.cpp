@@ -1,6 +1,6 @@
 // CpuBackend through the Backend interface: identity, memory (aligned alloc, a clear OutOfMemory
 // status naming what was asked for), weights used in place, and the statuses ops return for
-// unsupported dtypes and bad parameters (never a crash).
+// unsupported dtypes (activations, KV cache) and bad parameters (never a crash).
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -14,7 +14,9 @@ static bool contains(const std::string& s, const char* part) { return s.find(par
 
 int main() {
   auto b = make_cpu_backend(2);
-  CHECK(std::strcmp(b->name(), "cpu") == 0 && b->act_type() == DType::F32 && b->host_memory(), "identity");
+  CHECK(std::strcmp(b->name(), "cpu") == 0 && b->act_type() == DType::F32 && b->kv_type() == DType::F32 &&
+            b->host_memory(),
+        "identity");
   CHECK(contains(b->device_name(), "2 threads"), "device name: %s", b->device_name().c_str());
   CHECK(cpu_default_threads() >= 1, "default threads");
 
@@ -71,6 +73,14 @@ int main() {
   s = b->attention(a);
   CHECK(s.code == StatusCode::InvalidArgument && contains(s.message, "multiple of n_kv"), "n_q %% n_kv: %s",
         s.message.c_str());
+  a.n_q = 2;
+  a.cache.type = DType::F16;
+  s = b->attention(a);
+  CHECK(s.code == StatusCode::Unsupported && contains(s.message, "F16"), "F16 cache: %s", s.message.c_str());
+  KVAppendParams kv;
+  kv.batch = a.batch; kv.k = x; kv.v = x; kv.ldkv = 128; kv.cache = a.cache;
+  s = b->kv_append(kv);
+  CHECK(s.code == StatusCode::Unsupported && contains(s.message, "F16"), "F16 cache append: %s", s.message.c_str());
   std::printf("cpu backend ok\n");
   return 0;
 }

@@ -1,8 +1,10 @@
 // Every SIMD level this CPU supports against the scalar kernels on random data, at sizes that hit
 // full tiles, partial row tiles, 1..4 tokens and K tails. Tolerance: 1e-5 of sum |a_i * b_i| (f32
-// sums in different orders). Also checks the property simd.h promises: a (row, token) output is
-// bitwise the same whatever the number of rows and tokens in the call.
+// sums in different orders; the attention softmax: 1e-5 of each value). Also checks the property
+// simd.h promises: an output is bitwise the same whatever the number of rows, tokens, keys or heads
+// in the call.
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <cstring>
 #include <random>
@@ -98,42 +100,108 @@ void test_gemv_mxfp4(const SimdKernels& k, const SimdKernels& s) {
       }
 }
 
-void test_attention(const SimdKernels& k, const SimdKernels& s) {
-  for (int G : {1, 4, 8})
-    for (int n : {1, 17, kAttnMaxKeys}) {
+// K/V rows of either element type, and the kernels that read them.
+struct F32Rows {
+  using T = float;
+  static float make(float x) { return x; }
+  static float value(float x) { return x; }
+  static constexpr auto scores = &SimdKernels::attn_scores_f32;
+  static constexpr auto accum = &SimdKernels::attn_accum_f32;
+  static constexpr const char* name = "f32";
+};
+struct Bf16Rows {
+  using T = uint16_t;
+  static uint16_t make(float x) { return f32_to_bf16(x); }
+  static float value(uint16_t x) { return bf16_to_f32(x); }
+  static constexpr auto scores = &SimdKernels::attn_scores_bf16;
+  static constexpr auto accum = &SimdKernels::attn_accum_bf16;
+  static constexpr const char* name = "bf16";
+};
+
+// scores and accum against scalar, for G (1, 4 and 8 are full groups of 4 heads; 3 and 5 are not)
+// and n (1, one tail, exactly 16, 16 + tail, the maximum). Each row is its own allocation, as the
+// kernels take row pointers. A key's score and a head's accumulator must also be bitwise the same
+// when computed alone (n = 1 or G = 1): the layout of a call never changes a result.
+template <class R>
+void test_attention_rows(const SimdKernels& k, const SimdKernels& s) {
+  char what[64];
+  for (int G : {1, 3, 4, 5, 8})
+    for (int n : {1, 7, 16, 17, 33, kAttnMaxKeys}) {
       auto q = rand_f32(size_t(G) * kAttnHeadDim);
-      std::vector<std::vector<uint16_t>> keys, vals;
-      std::vector<const uint16_t*> kp, vp;
+      std::vector<std::vector<typename R::T>> keys(n), vals(n);
+      std::vector<const typename R::T*> kp, vp;
       for (int j = 0; j < n; ++j) {
-        keys.push_back(rand_bf16(kAttnHeadDim, 1.0f));
-        vals.push_back(rand_bf16(kAttnHeadDim, 1.0f));
-      }
-      for (int j = 0; j < n; ++j) {
+        for (int d = 0; d < kAttnHeadDim; ++d) {
+          keys[j].push_back(R::make(randn()));
+          vals[j].push_back(R::make(randn()));
+        }
         kp.push_back(keys[j].data());
         vp.push_back(vals[j].data());
       }
-      const int lds = kAttnMaxKeys;
+      const int lds = kAttnMaxKeys + 3;
       std::vector<float> sa(size_t(G) * lds), sb(size_t(G) * lds);
-      k.attn_scores(q.data(), G, kp.data(), n, sa.data(), lds);
-      s.attn_scores(q.data(), G, kp.data(), n, sb.data(), lds);
+      (k.*R::scores)(q.data(), G, kp.data(), n, sa.data(), lds);
+      (s.*R::scores)(q.data(), G, kp.data(), n, sb.data(), lds);
+      std::snprintf(what, sizeof what, "attn_scores_%s G=%d n=%d", R::name, G, n);
       for (int h = 0; h < G; ++h)
         for (int j = 0; j < n; ++j) {
           double mag = 0;
-          for (int d = 0; d < kAttnHeadDim; ++d) mag += std::fabs(q[h * kAttnHeadDim + d] * bf16_to_f32(keys[j][d]));
-          close(sa[h * lds + j], sb[h * lds + j], mag, "attn_scores", k.name, h, j);
+          for (int d = 0; d < kAttnHeadDim; ++d) mag += std::fabs(q[h * kAttnHeadDim + d] * R::value(keys[j][d]));
+          close(sa[h * lds + j], sb[h * lds + j], mag, what, k.name, h, j);
+          float one;
+          (k.*R::scores)(q.data() + h * kAttnHeadDim, 1, kp.data() + j, 1, &one, 1);
+          CHECK(std::memcmp(&one, &sa[h * lds + j], 4) == 0, "%s %s depends on the call layout", k.name, what);
         }
       auto p = rand_f32(size_t(G) * lds);
       auto acc0 = rand_f32(size_t(G) * kAttnHeadDim);
       std::vector<float> aa = acc0, ab = acc0;
-      k.attn_accum(p.data(), lds, G, vp.data(), n, aa.data());
-      s.attn_accum(p.data(), lds, G, vp.data(), n, ab.data());
-      for (int h = 0; h < G; ++h)
+      (k.*R::accum)(p.data(), lds, G, vp.data(), n, aa.data());
+      (s.*R::accum)(p.data(), lds, G, vp.data(), n, ab.data());
+      std::snprintf(what, sizeof what, "attn_accum_%s G=%d n=%d", R::name, G, n);
+      for (int h = 0; h < G; ++h) {
+        std::vector<float> one(acc0.begin() + h * kAttnHeadDim, acc0.begin() + (h + 1) * kAttnHeadDim);
+        (k.*R::accum)(p.data() + h * lds, lds, 1, vp.data(), n, one.data());
+        CHECK(std::memcmp(one.data(), &aa[h * kAttnHeadDim], sizeof(float) * kAttnHeadDim) == 0,
+              "%s %s depends on the number of heads in the call", k.name, what);
         for (int d = 0; d < kAttnHeadDim; ++d) {
           double mag = std::fabs(acc0[h * kAttnHeadDim + d]);
-          for (int j = 0; j < n; ++j) mag += std::fabs(p[h * lds + j] * bf16_to_f32(vals[j][d]));
-          close(aa[h * kAttnHeadDim + d], ab[h * kAttnHeadDim + d], mag, "attn_accum", k.name, h, d);
+          for (int j = 0; j < n; ++j) mag += std::fabs(p[h * lds + j] * R::value(vals[j][d]));
+          close(aa[h * kAttnHeadDim + d], ab[h * kAttnHeadDim + d], mag, what, k.name, h, d);
         }
+      }
     }
+}
+
+// The online-softmax step against scalar (std::exp): tails, a new maximum (acc and l rescaled),
+// an old maximum that stays (no rescale), and scores far below the maximum, where exp underflows
+// to subnormals and 0 (an absolute 1e-30 covers a level that returns 0 for subnormal results).
+// Tolerance: the SIMD exp is within a few ulp of expf, so 1e-5 relative to each value.
+void test_attention_softmax(const SimdKernels& k, const SimdKernels& s) {
+  char what[80];
+  for (int G : {1, 3, 8})
+    for (int n : {1, 7, 16, 17, kAttnMaxKeys})
+      for (float m_old : {-1e30f, 0.5f, 40.0f}) {
+        const int lds = kAttnMaxKeys + 1;
+        std::vector<float> sc(size_t(G) * lds);
+        for (size_t i = 0; i < sc.size(); ++i) sc[i] = randn() * (i % 5 == 0 ? 300.0f : 8.0f);
+        std::vector<float> m(G, m_old), l(G), acc = rand_f32(size_t(G) * kAttnHeadDim);
+        for (auto& x : l) x = std::fabs(randn());
+        std::vector<float> sa = sc, ma = m, la = l, aa = acc, sb = sc, mb = m, lb = l, ab = acc;
+        k.attn_softmax(sa.data(), lds, G, n, 0.125f, ma.data(), la.data(), aa.data());
+        s.attn_softmax(sb.data(), lds, G, n, 0.125f, mb.data(), lb.data(), ab.data());
+        std::snprintf(what, sizeof what, "attn_softmax G=%d n=%d m_old=%g", G, n, double(m_old));
+        for (int h = 0; h < G; ++h) {
+          CHECK(ma[h] == mb[h], "%s %s: m %.9g vs scalar %.9g", k.name, what, double(ma[h]), double(mb[h]));
+          close(la[h], lb[h], std::fabs(lb[h]), what, k.name, h, -1);
+          for (int j = 0; j < lds; ++j) {
+            if (j < n) close(sa[h * lds + j], sb[h * lds + j], std::fabs(sb[h * lds + j]), what, k.name, h, j);
+            else CHECK(sa[h * lds + j] == sc[h * lds + j], "%s %s wrote past n", k.name, what);
+          }
+          for (int d = 0; d < kAttnHeadDim; ++d)
+            close(aa[h * kAttnHeadDim + d], ab[h * kAttnHeadDim + d], std::fabs(ab[h * kAttnHeadDim + d]), what, k.name,
+                  h, d);
+        }
+      }
 }
 
 }  // namespace
@@ -154,7 +222,9 @@ int main() {
     CHECK(std::strcmp(k->name, level) == 0, "level name %s", k->name);
     test_gemv_bf16(*k, scalar);
     test_gemv_mxfp4(*k, scalar);
-    test_attention(*k, scalar);
+    test_attention_rows<F32Rows>(*k, scalar);
+    test_attention_rows<Bf16Rows>(*k, scalar);
+    test_attention_softmax(*k, scalar);
     std::printf("%s: matches scalar\n", level);
     ++tested;
   }

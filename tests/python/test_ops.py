@@ -211,14 +211,39 @@ def test_rope(device, act, T, n_q, n_kv):
 NAN_BF16 = 0x7FC0  # cache entries that must never be read
 
 
-def attention_case(device, act, *, n_q, n_kv, window, cache_len, slots, seqs, sink_shift=0.0, seed=0):
+@pytest.fixture(params=["F32", "BF16"])
+def kv(request, device) -> str:
+    """KV cache dtype under test: the backend's kv_type (F32 on the CPU, BF16 on CUDA). The CPU also
+    reads and writes a BF16 cache, for parity tests against CUDA (test_cuda_backend.py)."""
+    kv_type = ops.backend_info(device)["kv_type"]
+    if request.param != kv_type and not (device == "cpu" and request.param == "BF16"):
+        pytest.skip(f"{device} has a {kv_type} KV cache")
+    return request.param
+
+
+def empty_cache(kv, shape):
+    """A cache of dtype `kv` (float32, or uint16 bf16 bits) filled with NaN: reading any entry that
+    ops.h says is not valid poisons the output."""
+    return np.full(shape, np.nan, np.float32) if kv == "F32" else np.full(shape, NAN_BF16, np.uint16)
+
+
+def to_cache(kv, x):
+    """f32 values as the cache stores them."""
+    return np.asarray(x, np.float32) if kv == "F32" else ref.f32_to_bf16_bits(x)
+
+
+def kv_precision(kv, x):
+    """The values attention computes with: keys and values are used at the cache's precision."""
+    return np.asarray(x, np.float32) if kv == "F32" else ref.bf16_round(x)
+
+
+def attention_case(device, act, kv, *, n_q, n_kv, window, cache_len, slots, seqs, sink_shift=0.0, seed=0):
     """seqs: (slot, start, count) per sequence. Each sequence gets a random K/V history over
-    absolute positions [0, start + count). The cache holds the bf16 history of positions
-    [start - cache_len, start) at p % cache_len and NaN everywhere else, so reading any entry that
-    ops.h says is not valid poisons the output. The reference sees every key and value at bf16
-    precision (the cache's type; the CPU rounds this step's k/v the same way)."""
+    absolute positions [0, start + count). The cache (dtype kv) holds the history of positions
+    [start - cache_len, start) at p % cache_len and NaN everywhere else. The reference sees every
+    key and value at the cache's precision, this step's included (ops.h)."""
     rng = rng_for("attn", seed, n_q, window, cache_len, tuple(seqs))
-    ck = np.full((slots, n_kv, cache_len, 64), NAN_BF16, np.uint16)
+    ck = empty_cache(kv, (slots, n_kv, cache_len, 64))
     cv = ck.copy()
     sinks = (rng.standard_normal(n_q) + sink_shift).astype(np.float32)
     qs, ks, vs, exact, sim, mag = [], [], [], [], [], []
@@ -228,10 +253,10 @@ def attention_case(device, act, *, n_q, n_kv, window, cache_len, slots, seqs, si
         hv = rng.standard_normal((P, n_kv, 64)).astype(np.float32)
         q = rng.standard_normal((count, n_q, 64)).astype(np.float32)
         for p in range(max(0, start - cache_len), start):
-            ck[slot, :, p % cache_len] = ref.f32_to_bf16_bits(hk[p])
-            cv[slot, :, p % cache_len] = ref.f32_to_bf16_bits(hv[p])
+            ck[slot, :, p % cache_len] = to_cache(kv, hk[p])
+            cv[slot, :, p % cache_len] = to_cache(kv, hv[p])
         pos = list(range(start, P))
-        kb, vb = ref.bf16_round(hk), ref.bf16_round(hv)
+        kb, vb = kv_precision(kv, hk), kv_precision(kv, hv)
         exact.append(ref.attention(q, pos, kb, vb, sinks, window))
         sim.append(ref.bf16_round(ref.attention(ref.bf16_round(q), pos, kb, vb, sinks, window)))
         mag.append(ref.attention(q, pos, kb, np.abs(vb), sinks, window))  # sum_k p_k |v_k|
@@ -247,7 +272,7 @@ def attention_case(device, act, *, n_q, n_kv, window, cache_len, slots, seqs, si
     # f32: scores carry ~64 * 2^-24 relative error, exp turns that into the same relative error
     # on each weight; the output error is then ~1e-6 of sum p|v|. 1e-5 leaves 10x headroom.
     f32_bound = F32_REL * np.concatenate(mag).reshape(T, -1)
-    what = f"attention window={window} len={cache_len} seqs={seqs}"
+    what = f"attention {kv} cache, window={window} len={cache_len} seqs={seqs}"
     if act == "F32":
         check(out, exact, f32_bound, what)
     else:
@@ -256,61 +281,83 @@ def attention_case(device, act, *, n_q, n_kv, window, cache_len, slots, seqs, si
 
 
 @pytest.mark.parametrize("start", [0, 1, 126, 127, 128, 129, 300])
-def test_attention_decode_sliding_window_edge(device, act, start):
+def test_attention_decode_sliding_window_edge(device, act, kv, start):
     # Ring buffer of exactly the window: positions >= 128 wrap.
-    attention_case(device, act, n_q=8, n_kv=2, window=128, cache_len=128, slots=1, seqs=[(0, start, 1)])
+    attention_case(device, act, kv, n_q=8, n_kv=2, window=128, cache_len=128, slots=1, seqs=[(0, start, 1)])
 
 
 @pytest.mark.parametrize("start", [0, 5, 200, 511])
-def test_attention_decode_full(device, act, start):
-    attention_case(device, act, n_q=8, n_kv=2, window=0, cache_len=512, slots=1, seqs=[(0, start, 1)])
+def test_attention_decode_full(device, act, kv, start):
+    attention_case(device, act, kv, n_q=8, n_kv=2, window=0, cache_len=512, slots=1, seqs=[(0, start, 1)])
+
+
+@pytest.mark.parametrize("start", [1023, 1024, 2047, 2048, 3000])
+def test_attention_decode_long_context_split_keys(device, act, kv, start):
+    # One decode token over start + 1 keys: 1024 keys is one CPU chunk, 1025 two, 3001 three; a
+    # step this small (T * n_kv = 2) has its key range split across threads on the CPU.
+    attention_case(device, act, kv, n_q=8, n_kv=2, window=0, cache_len=4096, slots=1, seqs=[(0, start, 1)])
+
+
+def test_attention_decode_long_and_short_contexts(device, act, kv):
+    # Split and unsplit rows in one step: 3000, 1500, 1024 and 10 cached keys.
+    seqs = [(0, 3000, 1), (1, 1500, 1), (2, 1023, 1), (3, 10, 1)]
+    attention_case(device, act, kv, n_q=4, n_kv=1, window=0, cache_len=3072, slots=4, seqs=seqs)
+
+
+def test_attention_prefill_chunk_at_long_context(device, act, kv):
+    # 40 queries after 2000 cached keys: 80 (token, kv head) items, so a CPU with up to 20 threads
+    # keeps each row on one thread and merges its two key chunks there.
+    attention_case(device, act, kv, n_q=8, n_kv=2, window=0, cache_len=2048, slots=1, seqs=[(0, 2000, 40)])
 
 
 @pytest.mark.parametrize("count", [3, 17, 129, 200])
 @pytest.mark.parametrize("window,cache_len", [(128, 128), (0, 256)])
-def test_attention_prefill_from_zero(device, act, count, window, cache_len):
+def test_attention_prefill_from_zero(device, act, kv, count, window, cache_len):
     # count 129 / 200 with window 128: the chunk is longer than the window and the ring.
-    attention_case(device, act, n_q=8, n_kv=2, window=window, cache_len=cache_len, slots=2,
+    attention_case(device, act, kv, n_q=8, n_kv=2, window=window, cache_len=cache_len, slots=2,
                    seqs=[(1, 0, count)])
 
 
 @pytest.mark.parametrize("start,count", [(120, 17), (300, 129), (127, 1), (5, 3)])
 @pytest.mark.parametrize("window,cache_len", [(128, 128), (0, 512)])
-def test_attention_prefill_chunk_after_cache(device, act, start, count, window, cache_len):
+def test_attention_prefill_chunk_after_cache(device, act, kv, start, count, window, cache_len):
     # Keys before `start` come from the cache (wrapped ring at 300), later ones from this step.
-    attention_case(device, act, n_q=4, n_kv=4, window=window, cache_len=cache_len, slots=1,
+    attention_case(device, act, kv, n_q=4, n_kv=4, window=window, cache_len=cache_len, slots=1,
                    seqs=[(0, start, count)])
 
 
 @pytest.mark.parametrize("window,cache_len", [(128, 128), (0, 512)])
-def test_attention_mixed_sequences(device, act, window, cache_len):
+def test_attention_mixed_sequences(device, act, kv, window, cache_len):
     # Decode and prefill of four sequences in one step, at different positions and slots.
     seqs = [(2, 300, 1), (0, 0, 17), (3, 130, 5), (1, 7, 1)]
-    attention_case(device, act, n_q=8, n_kv=2, window=window, cache_len=cache_len, slots=4, seqs=seqs)
+    attention_case(device, act, kv, n_q=8, n_kv=2, window=window, cache_len=cache_len, slots=4, seqs=seqs)
 
 
 @pytest.mark.parametrize("seqs", [[(0, 200, 1)], [(0, 0, 17)], [(1, 140, 3)]])
-def test_attention_gpt_oss_heads(device, act, seqs):
+def test_attention_gpt_oss_heads(device, act, kv, seqs):
     # The model's own head layout: 64 q heads over 8 kv heads.
-    attention_case(device, act, n_q=64, n_kv=8, window=128, cache_len=128, slots=2, seqs=seqs)
+    attention_case(device, act, kv, n_q=64, n_kv=8, window=128, cache_len=128, slots=2, seqs=seqs)
 
 
 @pytest.mark.parametrize("sink_shift", [-30.0, 8.0])
-def test_attention_extreme_sinks(device, act, sink_shift):
+def test_attention_extreme_sinks(device, act, kv, sink_shift):
     # +8: the sink takes almost all of the mass; -30: none of it (exp underflows to ~1e-13).
-    attention_case(device, act, n_q=8, n_kv=2, window=0, cache_len=64, slots=1, seqs=[(0, 20, 3)],
+    attention_case(device, act, kv, n_q=8, n_kv=2, window=0, cache_len=64, slots=1, seqs=[(0, 20, 3)],
                    sink_shift=sink_shift)
 
 
-def test_attention_prefill_equals_chunked_prefill_then_decode():
-    """Prefill of 40 tokens in one step == 25 tokens, kv_append, then 15 (the K/V precision rule)."""
+@pytest.mark.parametrize("kv_dtype", [np.float32, np.uint16])
+def test_cpu_attention_prefill_equals_chunked_prefill_then_decode(kv_dtype):
+    """Prefill of 40 tokens in one step == 25 tokens, kv_append, then 15 (the K/V precision rule).
+    Exact on the CPU: the same keys at the same precision, and a row's operations depend only on its
+    own key range."""
     rng = rng_for("attn-chunks")
     n_q, n_kv, L = 8, 2, 128
     q = rng.standard_normal((40, n_q * 64)).astype(np.float32)
     k = rng.standard_normal((40, n_kv * 64)).astype(np.float32)
     v = rng.standard_normal((40, n_kv * 64)).astype(np.float32)
     sinks = rng.standard_normal(n_q).astype(np.float32)
-    ck = np.full((1, n_kv, L, 64), NAN_BF16, np.uint16)
+    ck = empty_cache("F32" if kv_dtype == np.float32 else "BF16", (1, n_kv, L, 64))
     cv = ck.copy()
     one = np.array([0], np.int32)
     full = ops.attention(q, k, v, ck, cv, one, np.array([0], np.int32), np.array([40], np.int32), sinks, window=16)
@@ -319,20 +366,60 @@ def test_attention_prefill_equals_chunked_prefill_then_decode():
     ck, cv = ops.kv_append(k[:25], v[:25], ck, cv, one, np.array([0], np.int32), np.array([25], np.int32))
     b = ops.attention(q[25:], k[25:], v[25:], ck, cv, one, np.array([25], np.int32), np.array([15], np.int32), sinks,
                       window=16)
-    # Same keys at the same precision; only the f32 summation order may differ.
-    np.testing.assert_allclose(np.concatenate([a, b]), full, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(np.concatenate([a, b]), full)
+
+
+def test_cpu_attention_long_rows_bitwise_independent_of_threads_and_batch():
+    """A row's result may not depend on how the CPU spreads the work. The last of 2100 tokens,
+    decoded after a kv_append of its history: on 1 thread (T * n_kv = 4 items: no key split), on 2
+    and 7 threads (the 3 key chunks of each row on different threads); and as the last row of a
+    one-step prefill (2100 * 4 items: each row's chunks merged on one thread)."""
+    rng = rng_for("attn-threads")
+    n_q, n_kv, P = 8, 4, 2100
+    q = rng.standard_normal((P, n_q * 64)).astype(np.float32)
+    k = rng.standard_normal((P, n_kv * 64)).astype(np.float32)
+    v = rng.standard_normal((P, n_kv * 64)).astype(np.float32)
+    sinks = rng.standard_normal(n_q).astype(np.float32)
+    ck = np.zeros((1, n_kv, P, 64), np.float32)
+    ck, cv = ops.kv_append(k[:-1], v[:-1], ck, ck, np.array([0], np.int32), np.array([0], np.int32),
+                           np.array([P - 1], np.int32))
+    decode = [ops.attention(q[-1:], k[-1:], v[-1:], ck, cv, np.array([0], np.int32), np.array([P - 1], np.int32),
+                            np.array([1], np.int32), sinks, device=d) for d in ("cpu:1", "cpu:2", "cpu:7")]
+    prefill = ops.attention(q, k, v, np.full_like(ck, np.nan), np.full_like(cv, np.nan), np.array([0], np.int32),
+                            np.array([0], np.int32), np.array([P], np.int32), sinks, device="cpu:2")
+    for out in decode[1:] + [prefill[-1:]]:
+        np.testing.assert_array_equal(out, decode[0])
 
 
 def test_attention_rejects_cache_too_short(device):
+    kv_type = ops.backend_info(device)["kv_type"]
     with pytest.raises(ValueError, match="cache holds only"):
-        attention_case(device, "F32", n_q=4, n_kv=4, window=0, cache_len=128, slots=1, seqs=[(0, 300, 1)])
+        attention_case(device, "F32", kv_type, n_q=4, n_kv=4, window=0, cache_len=128, slots=1, seqs=[(0, 300, 1)])
 
 
-def test_kv_append_ring_and_long_chunks(device):
+def test_attention_rejects_cache_dtypes(device):
+    q = np.zeros((1, 64), np.float32)
+    one, zero, sinks = np.array([1], np.int32), np.array([0], np.int32), np.zeros(1, np.float32)
+    with pytest.raises(ValueError, match="float32 .* or uint16"):
+        c = np.zeros((1, 1, 4, 64), np.float64)
+        ops.attention(q, q, q, c, c, zero, zero, one, sinks, device=device)
+    with pytest.raises(ValueError, match="cache_v must have dtype float32"):
+        ops.attention(q, q, q, np.zeros((1, 1, 4, 64), np.float32), np.zeros((1, 1, 4, 64), np.uint16), zero, zero,
+                      one, sinks, device=device)
+    if device != "cpu" and ops.backend_info(device)["kv_type"] == "BF16":
+        # A backend without an F32 cache says so (the CPU implements both).
+        c = np.zeros((1, 1, 4, 64), np.float32)
+        with pytest.raises(NotImplementedError, match="F32"):
+            ops.attention(q, q, q, c, c, zero, zero, one, sinks, device=device)
+        with pytest.raises(NotImplementedError, match="F32"):
+            ops.kv_append(q, q, c, c, zero, zero, one, device=device)
+
+
+def test_kv_append_ring_and_long_chunks(device, kv):
     rng = rng_for("kv")
     slots, n_kv, L = 3, 2, 128
-    ck0 = ref.random_bf16(rng, (slots, n_kv, L, 64))
-    cv0 = ref.random_bf16(rng, (slots, n_kv, L, 64))
+    ck0 = to_cache(kv, rng.standard_normal((slots, n_kv, L, 64)))
+    cv0 = to_cache(kv, rng.standard_normal((slots, n_kv, L, 64)))
     # A prefill from 0, a decode token after the ring wrapped, and a 200-token chunk (> len):
     # only its last 128 tokens may be written.
     seqs = [(1, 0, 17), (0, 250, 1), (2, 100, 200)]
@@ -341,16 +428,17 @@ def test_kv_append_ring_and_long_chunks(device):
     v = rng.standard_normal((T, n_kv * 64)).astype(np.float32)
     slot, start, lens = (np.array(c, np.int32) for c in zip(*seqs))
     ck, cv = ops.kv_append(k, v, ck0, cv0, slot, start, lens, device=device)
+    assert ck.dtype == ck0.dtype and cv.dtype == cv0.dtype
     ek, ev = ck0.copy(), cv0.copy()
     t = 0
     for s, st, n in seqs:
         for i in range(n):
             if i >= n - L:
-                ek[s, :, (st + i) % L] = ref.f32_to_bf16_bits(k[t + i].reshape(n_kv, 64))
-                ev[s, :, (st + i) % L] = ref.f32_to_bf16_bits(v[t + i].reshape(n_kv, 64))
+                ek[s, :, (st + i) % L] = to_cache(kv, k[t + i].reshape(n_kv, 64))
+                ev[s, :, (st + i) % L] = to_cache(kv, v[t + i].reshape(n_kv, 64))
         t += n
-    # Exact: round-to-nearest-even to bf16 is the same on every backend (a bf16 backend rounds
-    # the same value on upload), and untouched entries must keep their bits.
+    # Exact: an F32 cache stores the f32 values; round-to-nearest-even to bf16 is the same on every
+    # backend (a bf16 backend rounds the same value on upload). Untouched entries keep their bits.
     np.testing.assert_array_equal(ck, ek)
     np.testing.assert_array_equal(cv, ev)
 
