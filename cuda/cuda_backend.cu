@@ -99,7 +99,8 @@ Status CudaBackend::create(int device, std::unique_ptr<Backend>* out) {
   GPTOSS_CUDA_CHECK(cudaMemsetAsync(rec, 0, sizeof(DeviceErrorRecord), b->stream_));
   GPTOSS_RETURN_IF_ERROR(b->ensure_scratch(&b->dense_scratch_, dense_workspace_bytes(b->num_sms_), "dense split-K workspace"));
   const char* no_pdl = std::getenv("GPT_OSS_C_NO_PDL");
-  b->pdl_ = prop.major >= 9 && !(no_pdl && *no_pdl && std::strcmp(no_pdl, "0") != 0);
+  // Programmatic dependent launch needs sm_90; the portable (sm_80) mode does without it.
+  b->pdl_ = prop.major >= 9 && !cuda_force_portable() && !(no_pdl && *no_pdl && std::strcmp(no_pdl, "0") != 0);
   *out = std::move(b);
   return Status::Ok();
 }

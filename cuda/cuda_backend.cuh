@@ -134,7 +134,9 @@ class CudaBackend final : public Backend {
   DenseWorkspace dense_ws() const;
 
   Scratch attn_scratch_, sample_scratch_, moe_scratch_, dense_scratch_;
-  bool pdl_ = false;  // programmatic dependent launch between the GEMV kernels (sm_90+, not $GPT_OSS_C_NO_PDL)
+  // Programmatic dependent launch of the GEMV kernels: sm_90+, unless $GPT_OSS_C_NO_PDL=1 or
+  // $GPT_OSS_C_FORCE_PORTABLE=1.
+  bool pdl_ = false;
   DeviceErrorRecord* device_errors_ = nullptr;  // device memory, zero = no error
 
   bool capturing_ = false;

@@ -217,6 +217,7 @@ __global__ void __launch_bounds__(256) bf16_dense_generic(DenseArgs a) {
 }
 
 constexpr int kGemvWarps = 8;
+constexpr int kGemvPrefetch = 8;  // chunks per warp prefetched to L2 ahead of the loads (2 KB each)
 
 // One 32-wide half chunk at k of the GEMV: 16 bytes of weight rows ra and rb and of each of the NT
 // token rows (an invalid row or token reads row 0: its garbage stays in its own mma row or column,
@@ -316,16 +317,13 @@ __global__ void __launch_bounds__(kGemvWarps * 32) bf16_dense_gemv_mma(DenseArgs
   }
   const int full = a.K / 64;
 
-  // Weights never depend on an earlier kernel: start pulling this warp's first chunks into L2
-  // (one 128-byte line per row and chunk) before waiting for the predecessor.
+  // Weights never depend on an earlier kernel: start pulling this warp's chunks (up to
+  // kGemvPrefetch of them; one 128-byte line per row and chunk) into L2 before waiting for the
+  // predecessor and before the norm prologue, so HBM streams while those run.
   if (c == 0) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int j = s0 + u * S;
-      if (j < full) {
-        prefetch_l2(wa + j * 64);
-        prefetch_l2(wb + j * 64);
-      }
+    for (int j = s0, n = 0; j < full && n < kGemvPrefetch; j += S, ++n) {
+      prefetch_l2(wa + j * 64);
+      prefetch_l2(wb + j * 64);
     }
   }
   grid_dependency_wait();
