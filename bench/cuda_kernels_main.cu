@@ -138,13 +138,21 @@ int main(int argc, char** argv) {
     cudaFree(b);
   }
 
-  // ---- dense (gpt-oss-20b shapes) ----
+  // ---- dense (gpt-oss-20b shapes), with the backend's split-K workspace and PDL setting ----
+  DenseWorkspace dws;
+  dws.num_sms = prop.multiProcessorCount;
+  dws.pdl = prop.major >= 9;
+  dws.bytes = dense_workspace_bytes(dws.num_sms);
+  CHECK_CUDA(cudaMalloc(&dws.ptr, dws.bytes));
+  CHECK_CUDA(cudaMemset(dws.ptr, 0, dws.bytes));
   struct DenseCase { const char* name; int T, N, K; DType y; bool acc; };
   const DenseCase dense[] = {
       {"qkv", 1, 5120, 2880, DType::BF16, false},      {"out+=", 1, 2880, 4096, DType::F32, true},
       {"router", 1, 32, 2880, DType::F32, false},      {"unembed", 1, 201088, 2880, DType::F32, false},
       {"qkv", 8, 5120, 2880, DType::BF16, false},      {"qkv", 16, 5120, 2880, DType::BF16, false},
+      {"out+=", 8, 2880, 4096, DType::F32, true},      {"router", 8, 32, 2880, DType::F32, false},
       {"qkv", 64, 5120, 2880, DType::BF16, false},     {"out+=", 64, 2880, 4096, DType::F32, true},
+      {"router", 64, 32, 2880, DType::F32, false},     {"out+=", 128, 2880, 4096, DType::F32, true},
       {"unembed", 64, 201088, 2880, DType::F32, false}, {"qkv", 2048, 5120, 2880, DType::BF16, false},
       {"out+=", 2048, 2880, 4096, DType::F32, true},
   };
@@ -164,12 +172,69 @@ int main(int argc, char** argv) {
     p.x = x; p.ldx = c.K; p.x_type = DType::BF16; p.w = w; p.bias = bias; p.y = y; p.ldy = c.N; p.y_type = c.y;
     p.T = c.T; p.K = c.K; p.N = c.N; p.accumulate = c.acc;
     float us = 0;
-    if (timer.time([&] { return launch_dense_bf16(p, stream); }, reps, &us)) return 1;
+    if (timer.time([&] { return launch_dense_bf16(p, dws, stream); }, reps, &us)) return 1;
     const double bytes = 2.0 * c.N * c.K + 2.0 * c.T * c.K + (c.y == DType::F32 ? (c.acc ? 8.0 : 4.0) : 2.0) * c.T * c.N;
     report("dense", std::string(c.name) + " T=" + std::to_string(c.T) + " N=" + std::to_string(c.N) + " K=" + std::to_string(c.K),
            us, bytes, 2.0 * c.T * c.N * c.K);
     cudaFree(x); cudaFree(w); cudaFree(bias); cudaFree(y);
   }
+
+  // ---- fused decode blocks (20b shapes): attn_input = rmsnorm + qkv + RoPE + KV append,
+  // moe_input = rmsnorm + router + top-k; one kernel each ----
+  for (int T : {1, 8}) {
+    const int H = 2880, NQ = 64, NKV = 8, QKV = (NQ + 2 * NKV) * 64, E = 32, TOPK = 4, CTX = 4096;
+    float *xres, *nw, *bias, *cosb, *sinb, *logits, *ew;
+    uint16_t *xn, *wq, *wg, *qkv, *ck, *cv;
+    int32_t *ints, *eidx;
+    CHECK_CUDA(cudaMalloc(&xres, size_t(T) * H * 4)); CHECK_CUDA(cudaMalloc(&nw, H * 4));
+    CHECK_CUDA(cudaMalloc(&bias, QKV * 4)); CHECK_CUDA(cudaMalloc(&cosb, size_t(CTX) * 32 * 4));
+    CHECK_CUDA(cudaMalloc(&sinb, size_t(CTX) * 32 * 4)); CHECK_CUDA(cudaMalloc(&logits, size_t(T) * E * 4));
+    CHECK_CUDA(cudaMalloc(&ew, size_t(T) * TOPK * 4)); CHECK_CUDA(cudaMalloc(&eidx, size_t(T) * TOPK * 4));
+    CHECK_CUDA(cudaMalloc(&xn, size_t(T) * H * 2)); CHECK_CUDA(cudaMalloc(&wq, size_t(QKV) * H * 2));
+    CHECK_CUDA(cudaMalloc(&wg, size_t(E) * H * 2)); CHECK_CUDA(cudaMalloc(&qkv, size_t(T) * QKV * 2));
+    CHECK_CUDA(cudaMalloc(&ck, size_t(T) * NKV * CTX * 64 * 2)); CHECK_CUDA(cudaMalloc(&cv, size_t(T) * NKV * CTX * 64 * 2));
+    CHECK_CUDA(cudaMalloc(&ints, 4 * 64 * 4));
+    fill_bf16<<<4096, 256, 0, stream>>>(wq, size_t(QKV) * H, 8, 0.02f);
+    fill_bf16<<<256, 256, 0, stream>>>(wg, size_t(E) * H, 9, 0.02f);
+    CHECK_CUDA(cudaMemsetAsync(xres, 0, size_t(T) * H * 4, stream)); CHECK_CUDA(cudaMemsetAsync(nw, 0, H * 4, stream));
+    CHECK_CUDA(cudaMemsetAsync(bias, 0, QKV * 4, stream)); CHECK_CUDA(cudaMemsetAsync(cosb, 0, size_t(CTX) * 32 * 4, stream));
+    CHECK_CUDA(cudaMemsetAsync(sinb, 0, size_t(CTX) * 32 * 4, stream));
+    std::vector<int32_t> h(4 * 64, 0);  // tok_pos | tok_seq | seq_slot | seq_tok0
+    for (int t = 0; t < T; ++t) { h[t] = 200 + t; h[64 + t] = t; h[128 + t] = t; h[192 + t] = t; }
+    h[192 + T] = T;
+    CHECK_CUDA(cudaMemcpy(ints, h.data(), h.size() * 4, cudaMemcpyHostToDevice));
+    BatchDesc b;
+    b.T = T; b.S = T; b.tok_pos = ints; b.tok_seq = ints + 64; b.seq_slot = ints + 128; b.seq_start = ints;
+    b.seq_tok0 = ints + 192;
+    AttnInputParams ai;
+    ai.norm.x = xres; ai.norm.ldx = H; ai.norm.w = nw; ai.norm.out = xn; ai.norm.ldo = H; ai.norm.out_type = DType::BF16;
+    ai.norm.T = T; ai.norm.H = H;
+    DenseParams& d = ai.dense[0];
+    d.x = xn; d.ldx = H; d.x_type = DType::BF16; d.w = wq; d.bias = bias; d.y = qkv; d.ldy = QKV; d.y_type = DType::BF16;
+    d.T = T; d.K = H; d.N = QKV;
+    ai.rope.batch = b; ai.rope.q = qkv; ai.rope.ldq = QKV; ai.rope.k = qkv + NQ * 64; ai.rope.ldk = QKV;
+    ai.rope.type = DType::BF16; ai.rope.cos = cosb; ai.rope.sin = sinb; ai.rope.n_q = NQ; ai.rope.n_kv = NKV;
+    ai.append_kv = true;
+    ai.append.batch = b; ai.append.k = ai.rope.k; ai.append.v = qkv + (NQ + NKV) * 64; ai.append.ldkv = QKV;
+    ai.append.act_type = DType::BF16; ai.append.cache.k = ck; ai.append.cache.v = cv; ai.append.cache.type = DType::BF16;
+    ai.append.cache.slots = T; ai.append.cache.n_kv = NKV; ai.append.cache.len = CTX;
+    float us = 0;
+    if (timer.time([&] { return launch_attn_input_fused(ai, dws, stream); }, reps, &us)) return 1;
+    report("fused", "attn_input T=" + std::to_string(T) + " N=5120 K=2880", us, 2.0 * QKV * H + 4.0 * T * H + 2.0 * T * QKV,
+           2.0 * T * QKV * H);
+    MoEInputParams mi;
+    mi.norm = ai.norm;
+    mi.gate.x = xn; mi.gate.ldx = H; mi.gate.x_type = DType::BF16; mi.gate.w = wg; mi.gate.bias = bias; mi.gate.y = logits;
+    mi.gate.ldy = E; mi.gate.y_type = DType::F32; mi.gate.T = T; mi.gate.K = H; mi.gate.N = E;
+    mi.router.logits = logits; mi.router.ldl = E; mi.router.expert_idx = eidx; mi.router.expert_w = ew;
+    mi.router.T = T; mi.router.E = E; mi.router.k = TOPK;
+    if (timer.time([&] { return launch_moe_input_fused(mi, dws, stream); }, reps, &us)) return 1;
+    report("fused", "moe_input T=" + std::to_string(T) + " N=32 K=2880", us, 2.0 * E * H + 6.0 * T * H, 2.0 * T * E * H);
+    for (void* ptr : {(void*)xres, (void*)nw, (void*)bias, (void*)cosb, (void*)sinb, (void*)logits, (void*)ew, (void*)eidx,
+                      (void*)xn, (void*)wq, (void*)wg, (void*)qkv, (void*)ck, (void*)cv, (void*)ints})
+      cudaFree(ptr);
+  }
+  cudaFree(dws.ptr);
 
   // ---- MoE ----
   struct MoeCase { int T, E, k, H, I; };

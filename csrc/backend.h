@@ -75,6 +75,9 @@ class Backend {
   virtual Status router_topk(const RouterParams& p) = 0;
   virtual Status moe(const MoEParams& p) = 0;
   virtual Status sample(const SampleParams& p) = 0;
+  // Fused families (ops.h): the default runs the composition of the ops above.
+  virtual Status attn_input(const AttnInputParams& p);
+  virtual Status moe_input(const MoEInputParams& p);
 
   // --- graph capture (CUDA). A backend without graphs returns false and the engine runs ops
   // eagerly. Between capture_begin() and capture_end(key) the ops are recorded, not run;

@@ -17,6 +17,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -446,6 +447,145 @@ py::tuple op_sample(const py::object& logits_o, const py::object& temp_o, const 
   return py::make_tuple(tok, lp);
 }
 
+// attn_input: rmsnorm -> dense (fused q|k|v weight) -> rope [-> kv_append], with the buffers laid
+// out as the engine lays them out (xn [T][H]; one q|k|v row per token), so a backend's fused
+// kernel serves it when it can.
+py::tuple op_attn_input(const py::object& x_o, const py::object& nw_o, const py::object& w_o, const py::object& b_o,
+                        int n_q, int n_kv, const py::object& pos_o, const py::object& cos_o, const py::object& sin_o,
+                        const py::object& ck_o, const py::object& cv_o, const py::object& slot_o, float eps,
+                        const std::string& device) {
+  auto x = f32_arg(x_o, "x");
+  auto nw = f32_arg(nw_o, "norm_w");
+  auto w = exact_arg<uint16_t>(w_o, "w", "uint16 (bf16 bits)");
+  auto bias = f32_arg(b_o, "bias");
+  auto pos = i32_arg(pos_o, "positions");
+  auto cs = f32_arg(cos_o, "cos");
+  auto sn = f32_arg(sin_o, "sin");
+  auto xs = need_shape(x, "x", {-1, -1});
+  const int T = int(xs[0]), H = int(xs[1]);
+  if (n_q < 1 || n_kv < 1 || n_q % n_kv) throw py::value_error("attn_input: need n_q a positive multiple of n_kv >= 1");
+  const int N = (n_q + 2 * n_kv) * kHeadDim;
+  auto ns = need_shape(nw, "norm_w", {H});
+  auto wsh = need_shape(w, "w", {N, H});
+  auto bs = need_shape(bias, "bias", {N});
+  need_shape(pos, "positions", {T});
+  const int P = int(need_shape(cs, "cos", {-1, kHeadDim / 2})[0]);
+  need_shape(sn, "sin", {P, kHeadDim / 2});
+  for (int t = 0; t < T; ++t)
+    if (pos.data()[t] < 0 || pos.data()[t] >= P)
+      throw py::value_error("attn_input: positions[" + std::to_string(t) + "] = " + std::to_string(pos.data()[t]) +
+                            " is outside the tables' [0, " + std::to_string(P) + ")");
+  const bool append = !ck_o.is_none();
+  CacheArgs cache;
+  HostBatch hb;
+  if (append) {
+    cache = cache_args(ck_o, cv_o);
+    if (cache.n_kv != n_kv) throw py::value_error("attn_input: the cache has " + std::to_string(cache.n_kv) + " kv heads, not n_kv");
+    I32Array ones(T);
+    std::fill(ones.mutable_data(), ones.mutable_data() + T, 1);
+    hb = make_batch(i32_arg(slot_o, "seq_slot"), pos, ones, T, cache.slots, "attn_input");
+  } else {
+    hb.T = hb.S = T;
+    hb.tok_pos.assign(pos.data(), pos.data() + T);
+    for (int t = 0; t < T; ++t) {
+      hb.tok_seq.push_back(t);
+      hb.seq_slot.push_back(0);
+      hb.seq_start.push_back(pos.data()[t]);
+      hb.seq_tok0.push_back(t);
+    }
+    hb.seq_tok0.push_back(T);
+  }
+  py::array_t<float> xn_o(dims({T, H})), qkv_o(dims({T, N}));
+  std::vector<py::ssize_t> cshape(cache.shape.begin(), cache.shape.end());
+  py::array_t<uint16_t> ko(append ? cshape : std::vector<py::ssize_t>{0}), vo(append ? cshape : std::vector<py::ssize_t>{0});
+  float *xn_h = xn_o.mutable_data(), *qkv_h = qkv_o.mutable_data();
+  uint16_t *ko_h = ko.mutable_data(), *vo_h = vo.mutable_data();
+  run_on(device, [&](Call& c) -> Status {
+    AttnInputParams p;
+    RMSNormParams& np = p.norm;
+    np.ldx = np.ldo = H; np.out_type = c.act(); np.T = T; np.H = H; np.eps = eps;
+    GPTOSS_RETURN_IF_ERROR(c.upload(x.data(), size_t(T) * H, "x", &np.x));
+    GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::VectorF32, nw.data(), size_t(H), ns, "norm_w", &np.w));
+    GPTOSS_RETURN_IF_ERROR(c.alloc_act(size_t(T) * H, "xn", &np.out));
+    DenseParams& dp = p.dense[0];
+    dp.x = np.out; dp.ldx = H; dp.x_type = c.act(); dp.y_type = c.act(); dp.ldy = N; dp.T = T; dp.K = H; dp.N = N;
+    GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::DenseBF16, w.data(), size_t(N) * H, wsh, "w", &dp.w));
+    GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::VectorF32, bias.data(), size_t(N), bs, "bias", &dp.bias));
+    GPTOSS_RETURN_IF_ERROR(c.alloc_act(size_t(T) * N, "qkv", &dp.y));
+    p.n_dense = 1;
+    const size_t asz = dtype_size(c.act());
+    RopeParams& rp = p.rope;
+    GPTOSS_RETURN_IF_ERROR(c.upload_batch(hb, &rp.batch));
+    rp.q = dp.y; rp.ldq = N; rp.k = static_cast<char*>(dp.y) + size_t(n_q) * kHeadDim * asz; rp.ldk = N;
+    rp.type = c.act(); rp.n_q = n_q; rp.n_kv = n_kv;
+    GPTOSS_RETURN_IF_ERROR(c.upload(cs.data(), size_t(P) * 32, "cos", &rp.cos));
+    GPTOSS_RETURN_IF_ERROR(c.upload(sn.data(), size_t(P) * 32, "sin", &rp.sin));
+    p.append_kv = append;
+    const size_t cache_n = append ? size_t(cache.k.size()) : 0;
+    if (append) {
+      KVAppendParams& kp = p.append;
+      kp.batch = rp.batch; kp.k = rp.k; kp.v = static_cast<char*>(dp.y) + size_t(n_q + n_kv) * kHeadDim * asz;
+      kp.ldkv = N; kp.act_type = c.act();
+      GPTOSS_RETURN_IF_ERROR(c.upload(cache.k.data(), cache_n, "cache_k", reinterpret_cast<uint16_t**>(&kp.cache.k)));
+      GPTOSS_RETURN_IF_ERROR(c.upload(cache.v.data(), cache_n, "cache_v", reinterpret_cast<uint16_t**>(&kp.cache.v)));
+      kp.cache.slots = cache.slots; kp.cache.n_kv = n_kv; kp.cache.len = cache.len;
+    }
+    GPTOSS_RETURN_IF_ERROR(c.backend().attn_input(p));
+    GPTOSS_RETURN_IF_ERROR(c.download_act(xn_h, np.out, size_t(T) * H));
+    GPTOSS_RETURN_IF_ERROR(c.download_act(qkv_h, dp.y, size_t(T) * N));
+    if (!append) return Status::Ok();
+    GPTOSS_RETURN_IF_ERROR(c.download(ko_h, static_cast<const uint16_t*>(p.append.cache.k), cache_n));
+    return c.download(vo_h, static_cast<const uint16_t*>(p.append.cache.v), cache_n);
+  });
+  if (!append) return py::make_tuple(xn_o, qkv_o, py::none(), py::none());
+  return py::make_tuple(xn_o, qkv_o, ko, vo);
+}
+
+// moe_input: rmsnorm -> dense (router, f32 logits) -> router_topk.
+py::tuple op_moe_input(const py::object& x_o, const py::object& nw_o, const py::object& w_o, const py::object& b_o,
+                       int k, float eps, const std::string& device) {
+  auto x = f32_arg(x_o, "x");
+  auto nw = f32_arg(nw_o, "norm_w");
+  auto w = exact_arg<uint16_t>(w_o, "w", "uint16 (bf16 bits)");
+  auto bias = f32_arg(b_o, "bias");
+  auto xs = need_shape(x, "x", {-1, -1});
+  const int T = int(xs[0]), H = int(xs[1]);
+  auto ns = need_shape(nw, "norm_w", {H});
+  auto wsh = need_shape(w, "w", {-1, H});
+  const int E = int(wsh[0]);
+  auto bs = need_shape(bias, "bias", {E});
+  if (k < 1 || k > E) throw py::value_error("moe_input: k=" + std::to_string(k) + " must be in [1, " + std::to_string(E) + "]");
+  py::array_t<float> xn_o(dims({T, H})), lg_o(dims({T, E})), w_out(dims({T, k}));
+  py::array_t<int32_t> idx_o(dims({T, k}));
+  float *xn_h = xn_o.mutable_data(), *lg_h = lg_o.mutable_data(), *w_h = w_out.mutable_data();
+  int32_t* idx_h = idx_o.mutable_data();
+  run_on(device, [&](Call& c) -> Status {
+    MoEInputParams p;
+    RMSNormParams& np = p.norm;
+    np.ldx = np.ldo = H; np.out_type = c.act(); np.T = T; np.H = H; np.eps = eps;
+    GPTOSS_RETURN_IF_ERROR(c.upload(x.data(), size_t(T) * H, "x", &np.x));
+    GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::VectorF32, nw.data(), size_t(H), ns, "norm_w", &np.w));
+    GPTOSS_RETURN_IF_ERROR(c.alloc_act(size_t(T) * H, "xn", &np.out));
+    DenseParams& gp = p.gate;
+    gp.x = np.out; gp.ldx = H; gp.x_type = c.act(); gp.y_type = DType::F32; gp.ldy = E; gp.T = T; gp.K = H; gp.N = E;
+    GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::DenseBF16, w.data(), size_t(E) * H, wsh, "w", &gp.w));
+    GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::VectorF32, bias.data(), size_t(E), bs, "bias", &gp.bias));
+    float* lg = nullptr;
+    GPTOSS_RETURN_IF_ERROR(c.alloc(size_t(T) * E, "logits", &lg));
+    gp.y = lg;
+    RouterParams& rp = p.router;
+    rp.logits = lg; rp.ldl = E; rp.T = T; rp.E = E; rp.k = k;
+    GPTOSS_RETURN_IF_ERROR(c.alloc(size_t(T) * k, "expert_idx", &rp.expert_idx));
+    GPTOSS_RETURN_IF_ERROR(c.alloc(size_t(T) * k, "expert_w", &rp.expert_w));
+    GPTOSS_RETURN_IF_ERROR(c.backend().moe_input(p));
+    GPTOSS_RETURN_IF_ERROR(c.download_act(xn_h, np.out, size_t(T) * H));
+    GPTOSS_RETURN_IF_ERROR(c.download(lg_h, static_cast<const float*>(lg), size_t(T) * E));
+    GPTOSS_RETURN_IF_ERROR(c.download(idx_h, rp.expert_idx, size_t(T) * k));
+    return c.download(w_h, rp.expert_w, size_t(T) * k);
+  });
+  return py::make_tuple(xn_o, lg_o, idx_o, w_out);
+}
+
 }  // namespace
 
 void register_op_bindings(py::module_& m) {
@@ -495,6 +635,18 @@ void register_op_bindings(py::module_& m) {
           "uint8[E, 2I, H/32, 16], w1_scales uint8[E, 2I, H/32], b1 float32[E, 2I], w2_blocks "
           "uint8[E, H, I/32, 16], w2_scales uint8[E, H, I/32], b2 float32[E, H], y float32[T, H] "
           "(residual) -> y + MoE(x) as float32[T, H].");
+  ops.def("attn_input", &op_attn_input, py::arg("x"), py::arg("norm_w"), py::arg("w"), py::arg("bias"),
+          py::arg("n_q"), py::arg("n_kv"), py::arg("positions"), py::arg("cos"), py::arg("sin"),
+          py::arg("cache_k") = py::none(), py::arg("cache_v") = py::none(), py::arg("seq_slot") = py::none(),
+          py::arg("eps") = 1e-5f, py::arg("device") = "cpu",
+          "x float32[T, H] (residual), norm_w float32[H], w uint16[(n_q + 2 n_kv) 64, H], bias "
+          "float32[N], positions int[T], cos/sin float32[P, 32] -> (xn float32[T, H], qkv float32[T, N] "
+          "after RoPE, cache_k, cache_v). With cache_k/cache_v uint16[slots, n_kv, len, 64] and "
+          "seq_slot int[T] (one token per sequence), k/v are also appended and the caches returned.");
+  ops.def("moe_input", &op_moe_input, py::arg("x"), py::arg("norm_w"), py::arg("w"), py::arg("bias"), py::arg("k"),
+          py::arg("eps") = 1e-5f, py::arg("device") = "cpu",
+          "x float32[T, H] (residual), norm_w float32[H], w uint16[E, H], bias float32[E] -> (xn "
+          "float32[T, H], logits float32[T, E], int32[T, k] experts, float32[T, k] weights).");
   ops.def("sample", &op_sample, py::arg("logits"), py::arg("temperature"), py::arg("top_k") = 0,
           py::arg("top_p") = 1.0f, py::arg("min_p") = 0.0f, py::arg("seed") = 0, py::arg("counter") = 0,
           py::arg("device") = "cpu",

@@ -632,29 +632,32 @@ Status Engine::forward(const BatchDesc& b, int rows, bool sample) {
 
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const LayerWeights& w = layers_[size_t(l)];
-    RMSNormParams np;
+    // Decode steps (one token per sequence) append k/v inside attn_input, before attention.
+    const bool append_early = b.T == b.S;
+    AttnInputParams ai;
+    RMSNormParams& np = ai.norm;
     np.x = ws_.x; np.ldx = H; np.w = w.attn_norm; np.out = ws_.xn; np.ldo = H; np.out_type = act;
     np.T = T; np.H = H; np.eps = cfg_.rms_eps;
-    GPTOSS_RETURN_IF_ERROR(be.rmsnorm(np));
-
     DenseParams dp;
     dp.x = ws_.xn; dp.ldx = H; dp.x_type = act; dp.y_type = act; dp.ldy = QKV; dp.T = T; dp.K = H;
     if (w.qkv_w != nullptr) {
       dp.w = w.qkv_w; dp.bias = w.qkv_b; dp.y = q; dp.N = QKV;
-      GPTOSS_RETURN_IF_ERROR(be.dense(dp));
+      ai.dense[0] = dp; ai.n_dense = 1;
     } else {
       dp.w = w.q_w; dp.bias = w.qkv_b; dp.y = q; dp.N = Q;
-      GPTOSS_RETURN_IF_ERROR(be.dense(dp));
+      ai.dense[0] = dp;
       dp.w = w.k_w; dp.bias = w.qkv_b + Q; dp.y = k; dp.N = KVW;
-      GPTOSS_RETURN_IF_ERROR(be.dense(dp));
+      ai.dense[1] = dp;
       dp.w = w.v_w; dp.bias = w.qkv_b + Q + KVW; dp.y = v; dp.N = KVW;
-      GPTOSS_RETURN_IF_ERROR(be.dense(dp));
+      ai.dense[2] = dp; ai.n_dense = 3;
     }
-
-    RopeParams rp;
+    RopeParams& rp = ai.rope;
     rp.batch = b; rp.q = q; rp.ldq = QKV; rp.k = k; rp.ldk = QKV; rp.type = act;
     rp.cos = ws_.rope_cos; rp.sin = ws_.rope_sin; rp.n_q = cfg_.n_q; rp.n_kv = cfg_.n_kv;
-    GPTOSS_RETURN_IF_ERROR(be.rope(rp));
+    KVAppendParams& kp = ai.append;
+    kp.batch = b; kp.k = k; kp.v = v; kp.ldkv = QKV; kp.act_type = act; kp.cache = kv_[size_t(l)];
+    ai.append_kv = append_early;
+    GPTOSS_RETURN_IF_ERROR(be.attn_input(ai));
 
     AttentionParams ap;
     ap.batch = b; ap.q = q; ap.ldq = QKV; ap.k = k; ap.v = v; ap.ldkv = QKV; ap.act_type = act;
@@ -663,27 +666,23 @@ Status Engine::forward(const BatchDesc& b, int rows, bool sample) {
     ap.scale = 1.0f / std::sqrt(float(kHeadDim));
     GPTOSS_RETURN_IF_ERROR(be.attention(ap));
 
-    KVAppendParams kp;
-    kp.batch = b; kp.k = k; kp.v = v; kp.ldkv = QKV; kp.act_type = act; kp.cache = kv_[size_t(l)];
-    GPTOSS_RETURN_IF_ERROR(be.kv_append(kp));
+    if (!append_early) GPTOSS_RETURN_IF_ERROR(be.kv_append(kp));
 
     DenseParams op;
     op.x = ws_.attn; op.ldx = Q; op.x_type = act; op.w = w.o_w; op.bias = w.o_b; op.y = ws_.x; op.ldy = H;
     op.y_type = DType::F32; op.T = T; op.K = Q; op.N = H; op.accumulate = true;
     GPTOSS_RETURN_IF_ERROR(be.dense(op));
 
-    np.w = w.mlp_norm;
-    GPTOSS_RETURN_IF_ERROR(be.rmsnorm(np));
-
-    DenseParams gp;
+    MoEInputParams mi;
+    mi.norm = np;
+    mi.norm.w = w.mlp_norm;
+    DenseParams& gp = mi.gate;
     gp.x = ws_.xn; gp.ldx = H; gp.x_type = act; gp.w = w.gate_w; gp.bias = w.gate_b; gp.y = ws_.router; gp.ldy = E;
     gp.y_type = DType::F32; gp.T = T; gp.K = H; gp.N = E;
-    GPTOSS_RETURN_IF_ERROR(be.dense(gp));
-
-    RouterParams tp;
+    RouterParams& tp = mi.router;
     tp.logits = ws_.router; tp.ldl = E; tp.expert_idx = ws_.expert_idx; tp.expert_w = ws_.expert_w;
     tp.T = T; tp.E = E; tp.k = K;
-    GPTOSS_RETURN_IF_ERROR(be.router_topk(tp));
+    GPTOSS_RETURN_IF_ERROR(be.moe_input(mi));
 
     MoEParams mp;
     mp.x = ws_.xn; mp.ldx = H; mp.x_type = act; mp.expert_idx = ws_.expert_idx; mp.expert_w = ws_.expert_w;

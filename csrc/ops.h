@@ -2,8 +2,9 @@
 // implement the same families behind csrc/backend.h, and the engine (csrc/engine.cpp) runs a
 // forward pass as a flat list of these calls:
 //
-//   embed -> [ rmsnorm -> dense(qkv) -> rope -> attention -> kv_append -> dense(out, += residual)
-//              -> rmsnorm -> dense(router) -> router_topk -> moe(+= residual) ] x L
+//   embed -> [ attn_input = (rmsnorm -> dense(qkv) -> rope [-> kv_append when T == S])
+//              -> attention [-> kv_append when T != S] -> dense(out, += residual)
+//              -> moe_input = (rmsnorm -> dense(router) -> router_topk) -> moe(+= residual) ] x L
 //         -> rmsnorm(rows = last token of each sequence) -> dense(unembedding) -> sample
 //
 // Conventions (every op):
@@ -168,6 +169,35 @@ struct MoEParams {
   float* y = nullptr;  int ldy = 0;                                   // [T][H] residual, +=
   int T = 0, E = 0, k = 0, H = 0, I = 0;
   float swiglu_alpha = 1.702f, swiglu_limit = 7.0f;
+};
+
+// ---- fused op families ------------------------------------------------------------------------
+// Each is exactly the composition of the ops it names, in order; Backend (csrc/backend.cpp) runs
+// that composition by default, and a backend may override it with fused kernels for the shapes it
+// serves. The results may then differ from the composition only by f32 summation order.
+
+// The attention input block of a layer:
+//   norm (x -> xn), the qkv projection(s) of xn, rope on q and k, and, when append_kv, kv_append of
+//   this step's k and v. Appending before attention is only valid when every sequence of the step
+//   brings exactly one token (batch.T == batch.S): in a longer chunk a later position can overwrite
+//   ring entries that earlier queries of the same chunk still need. The caller then skips its own
+//   kv_append after attention (attention reads this step's keys from k/v either way).
+// dense[0..n_dense) read norm.out; n_dense is 1 (fused q|k|v weight) or 3 (q, k, v separately).
+struct AttnInputParams {
+  RMSNormParams norm;
+  DenseParams dense[3];
+  int n_dense = 1;
+  RopeParams rope;
+  bool append_kv = false;
+  KVAppendParams append;
+};
+
+// The MoE input block of a layer: norm (x -> xn, which the MoE reads afterwards, so norm.out is
+// always written), the router projection of xn (gate.y = router logits) and router_topk.
+struct MoEInputParams {
+  RMSNormParams norm;
+  DenseParams gate;
+  RouterParams router;
 };
 
 // Per-sequence sampling settings. temperature == 0 means greedy (argmax; ties: lowest id).

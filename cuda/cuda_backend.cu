@@ -97,6 +97,10 @@ Status CudaBackend::create(int device, std::unique_ptr<Backend>* out) {
   GPTOSS_RETURN_IF_ERROR(b->alloc(&rec, sizeof(DeviceErrorRecord), "device error record"));
   b->device_errors_ = static_cast<DeviceErrorRecord*>(rec);
   GPTOSS_CUDA_CHECK(cudaMemsetAsync(rec, 0, sizeof(DeviceErrorRecord), b->stream_));
+  GPTOSS_RETURN_IF_ERROR(b->ensure_scratch(&b->dense_scratch_, dense_workspace_bytes(b->num_sms_), "dense split-K workspace"));
+  const char* no_pdl = std::getenv("GPT_OSS_C_NO_PDL");
+  // Programmatic dependent launch needs sm_90; the portable (sm_80) mode does without it.
+  b->pdl_ = prop.major >= 9 && !cuda_force_portable() && !(no_pdl && *no_pdl && std::strcmp(no_pdl, "0") != 0);
   *out = std::move(b);
   return Status::Ok();
 }
@@ -381,7 +385,24 @@ Status CudaBackend::rmsnorm(const RMSNormParams& p) {
   return run_op("rmsnorm", dims({{"T", tok(p.T)}}), [&] { return launch_rmsnorm(p, stream_); });
 }
 Status CudaBackend::dense(const DenseParams& p) {
-  return run_op("dense", dims({{"T", tok(p.T)}, {"N", p.N}, {"K", p.K}}), [&] { return launch_dense_bf16(p, stream_); });
+  return run_op("dense", dims({{"T", tok(p.T)}, {"N", p.N}, {"K", p.K}}),
+                [&] { return launch_dense_bf16(p, dense_ws(), stream_); });
+}
+
+DenseWorkspace CudaBackend::dense_ws() const {
+  return DenseWorkspace{dense_scratch_.ptr, dense_scratch_.bytes, num_sms_, pdl_, device_errors_};
+}
+
+Status CudaBackend::attn_input(const AttnInputParams& p) {
+  if (!attn_input_fusable(p)) return Backend::attn_input(p);
+  return run_op("attn_input", dims({{"T", tok(p.dense[0].T)}, {"N", p.dense[0].N}, {"K", p.dense[0].K}}),
+                [&] { return launch_attn_input_fused(p, dense_ws(), stream_); });
+}
+
+Status CudaBackend::moe_input(const MoEInputParams& p) {
+  if (!moe_input_fusable(p)) return Backend::moe_input(p);
+  return run_op("moe_input", dims({{"T", tok(p.gate.T)}, {"N", p.gate.N}, {"K", p.gate.K}}),
+                [&] { return launch_moe_input_fused(p, dense_ws(), stream_); });
 }
 Status CudaBackend::rope(const RopeParams& p) {
   return run_op("rope", dims({{"T", tok(p.batch.T)}}), [&] { return launch_rope(p, stream_); });

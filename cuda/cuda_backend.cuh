@@ -5,7 +5,8 @@
 // checkpoint needs 2 x 32 MiB of pinned memory, not 13 GB). MXFP4 tensors are re-laid-out on the way
 // by cuda-b's mxfp4_upload (layout in cuda/moe_mxfp4.cuh). reserve() allocates the scratch of every
 // op that needs one (attention split-K partials, sampling state, MoE workspace) so that no op
-// allocates and a decode step can be captured as a CUDA graph.
+// allocates and a decode step can be captured as a CUDA graph. The dense split-K workspace depends
+// only on the SM count, so it is allocated at creation.
 //
 // Graphs: capture_begin/capture_end record the ops issued in between on the stream (thread-local
 // capture mode) and instantiate them under an integer key; replay(key) launches the instance. The
@@ -27,6 +28,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "dense_bf16.cuh"
 #include "device_errors.cuh"
 #include "op_profiler.cuh"
 
@@ -68,6 +70,9 @@ class CudaBackend final : public Backend {
   Status router_topk(const RouterParams& p) override;
   Status moe(const MoEParams& p) override;
   Status sample(const SampleParams& p) override;
+  // Decode-sized steps run one fused kernel each (cuda/dense_bf16.cu); others the composition.
+  Status attn_input(const AttnInputParams& p) override;
+  Status moe_input(const MoEInputParams& p) override;
 
   bool supports_graphs() const override { return true; }
   Status capture_begin() override;
@@ -125,7 +130,13 @@ class CudaBackend final : public Backend {
   cudaEvent_t staging_done_[2] = {nullptr, nullptr};
   bool staging_failed_ = false;
 
-  Scratch attn_scratch_, sample_scratch_, moe_scratch_;
+  // The dense split-K workspace, as the launchers see it (sized at creation, num_sms known).
+  DenseWorkspace dense_ws() const;
+
+  Scratch attn_scratch_, sample_scratch_, moe_scratch_, dense_scratch_;
+  // Programmatic dependent launch of the GEMV kernels: sm_90+, unless $GPT_OSS_C_NO_PDL=1 or
+  // $GPT_OSS_C_FORCE_PORTABLE=1.
+  bool pdl_ = false;
   DeviceErrorRecord* device_errors_ = nullptr;  // device memory, zero = no error
 
   bool capturing_ = false;

@@ -62,14 +62,17 @@ def check(out, exact, bound, what):
 
 
 def dense_path(T, N, K):
+    # KS (warps per tile) and Z (blocks per tile, split-K) also depend on the SM count and the
+    # kernel's occupancy, so only the regime is named: the GEMV splits k over Z > 1 blocks when its
+    # tiles would fill under a quarter of the resident warps (N up to ~3000 at 132 SMs: the router,
+    # N=32..640 here); the 64x64 GEMM when there are fewer tiles than 2 per SM.
     if K % 32:
         return "bf16_dense_generic"
     if T <= 16:
-        tiles, chunks, ks = (N + 15) // 16, (K + 63) // 64, 1
-        while ks < 8 and tiles * ks < 2048 and chunks >= 4 * ks:
-            ks *= 2
-        return f"bf16_dense_gemv_mma NT={1 if T <= 8 else 2} KS={ks}"
-    return "bf16_dense_gemm_mma " + ("64x64" if T <= 64 else "128x128")
+        return f"bf16_dense_gemv_mma NT={1 if T <= 8 else 2}" + (" (split-K over blocks)" if N <= 3000 else "")
+    if T <= 128:
+        return "bf16_dense_gemm_mma 64x64" + (" (split-K)" if ((T + 63) // 64) * ((N + 63) // 64) < 264 else "")
+    return "bf16_dense_gemm_mma 128x128"
 
 
 def dense_case(T, N, K, *, bias=True, y=False, f32_out=False, seed=0):
@@ -128,12 +131,25 @@ def test_dense_cuda_matches_cpu(T, N, K):
     check(out, cpu, (F32_ACC + F32_REL) * mag, f"dense cuda vs cpu {dense_path(T, N, K)} T={T} N={N} K={K}")
 
 
+# The 20b router and output projection at batched-decode sizes: split-K over blocks in both regimes.
+@pytest.mark.parametrize("T,N,K", [(1, 32, 2880), (8, 32, 2880), (64, 32, 2880), (64, 2880, 4096), (128, 2880, 4096),
+                                   (100, 5120, 2880)])
+def test_dense_split_k_decode_and_batched(T, N, K):
+    dense_case(T, N, K, f32_out=True)
+    dense_case(T, N, K, y=True)  # the accumulate epilogue after the split-K meeting
+
+
 def test_dense_is_deterministic():
     x, wb, b, _, out = dense_case(65, 2880, 2880, f32_out=True)
     for _ in range(2):
         np.testing.assert_array_equal(ops.dense(x, wb, bias=b, f32_out=True, device="cuda"), out)
     x, wb, b, _, out = dense_case(3, 2880, 2880, f32_out=True)
     np.testing.assert_array_equal(ops.dense(x, wb, bias=b, f32_out=True, device="cuda"), out)
+    # Split-K over blocks: the partial tiles are summed in block order, whichever block arrives last.
+    for T in (1, 64):
+        x, wb, b, _, out = dense_case(T, 32, 2880, f32_out=True)
+        for _ in range(3):
+            np.testing.assert_array_equal(ops.dense(x, wb, bias=b, f32_out=True, device="cuda"), out)
 
 
 # ---------------------------------------------------------------------------------------------
