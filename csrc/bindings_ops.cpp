@@ -497,9 +497,15 @@ py::tuple op_attn_input(const py::object& x_o, const py::object& nw_o, const py:
   }
   py::array_t<float> xn_o(dims({T, H})), qkv_o(dims({T, N}));
   std::vector<py::ssize_t> cshape(cache.shape.begin(), cache.shape.end());
-  py::array_t<uint16_t> ko(append ? cshape : std::vector<py::ssize_t>{0}), vo(append ? cshape : std::vector<py::ssize_t>{0});
+  py::array ko, vo;  // copies of the cache after the append, in the dtype it was given
+  if (append) {
+    ko = py::array(cache.k.dtype(), cshape);
+    vo = py::array(cache.k.dtype(), cshape);
+  }
   float *xn_h = xn_o.mutable_data(), *qkv_h = qkv_o.mutable_data();
-  uint16_t *ko_h = ko.mutable_data(), *vo_h = vo.mutable_data();
+  void* ko_h = append ? ko.mutable_data() : nullptr;
+  void* vo_h = append ? vo.mutable_data() : nullptr;
+  const size_t cache_bytes = append ? cache.count * dtype_size(cache.type) : 0;
   run_on(device, [&](Call& c) -> Status {
     AttnInputParams p;
     RMSNormParams& np = p.norm;
@@ -521,21 +527,18 @@ py::tuple op_attn_input(const py::object& x_o, const py::object& nw_o, const py:
     GPTOSS_RETURN_IF_ERROR(c.upload(cs.data(), size_t(P) * 32, "cos", &rp.cos));
     GPTOSS_RETURN_IF_ERROR(c.upload(sn.data(), size_t(P) * 32, "sin", &rp.sin));
     p.append_kv = append;
-    const size_t cache_n = append ? size_t(cache.k.size()) : 0;
     if (append) {
       KVAppendParams& kp = p.append;
       kp.batch = rp.batch; kp.k = rp.k; kp.v = static_cast<char*>(dp.y) + size_t(n_q + n_kv) * kHeadDim * asz;
       kp.ldkv = N; kp.act_type = c.act();
-      GPTOSS_RETURN_IF_ERROR(c.upload(cache.k.data(), cache_n, "cache_k", reinterpret_cast<uint16_t**>(&kp.cache.k)));
-      GPTOSS_RETURN_IF_ERROR(c.upload(cache.v.data(), cache_n, "cache_v", reinterpret_cast<uint16_t**>(&kp.cache.v)));
-      kp.cache.slots = cache.slots; kp.cache.n_kv = n_kv; kp.cache.len = cache.len;
+      GPTOSS_RETURN_IF_ERROR(upload_cache(c, cache, &kp.cache));
     }
     GPTOSS_RETURN_IF_ERROR(c.backend().attn_input(p));
     GPTOSS_RETURN_IF_ERROR(c.download_act(xn_h, np.out, size_t(T) * H));
     GPTOSS_RETURN_IF_ERROR(c.download_act(qkv_h, dp.y, size_t(T) * N));
     if (!append) return Status::Ok();
-    GPTOSS_RETURN_IF_ERROR(c.download(ko_h, static_cast<const uint16_t*>(p.append.cache.k), cache_n));
-    return c.download(vo_h, static_cast<const uint16_t*>(p.append.cache.v), cache_n);
+    GPTOSS_RETURN_IF_ERROR(c.backend().copy_to_host(ko_h, p.append.cache.k, cache_bytes));
+    return c.backend().copy_to_host(vo_h, p.append.cache.v, cache_bytes);
   });
   if (!append) return py::make_tuple(xn_o, qkv_o, py::none(), py::none());
   return py::make_tuple(xn_o, qkv_o, ko, vo);
