@@ -89,6 +89,28 @@ class Backend {
   virtual Status replay(int key) { return make_error(StatusCode::Unsupported, "graphs not supported"); }
 };
 
+// The default compositions of the fused families. Inline, so that Backend keeps no key function:
+// its vtable and typeinfo are emitted wherever they are used (the CUDA library links them too).
+inline Status Backend::attn_input(const AttnInputParams& p) {
+  if (p.n_dense < 1 || p.n_dense > 3)
+    return make_error(StatusCode::InvalidArgument, "attn_input: n_dense must be 1..3, got " + std::to_string(p.n_dense));
+  if (p.append_kv && p.append.batch.T != p.append.batch.S)
+    return make_error(StatusCode::InvalidArgument,
+                      "attn_input: append_kv needs exactly one token per sequence (T=" + std::to_string(p.append.batch.T) +
+                          ", S=" + std::to_string(p.append.batch.S) + ")");
+  GPTOSS_RETURN_IF_ERROR(rmsnorm(p.norm));
+  for (int i = 0; i < p.n_dense; ++i) GPTOSS_RETURN_IF_ERROR(dense(p.dense[i]));
+  GPTOSS_RETURN_IF_ERROR(rope(p.rope));
+  if (p.append_kv) GPTOSS_RETURN_IF_ERROR(kv_append(p.append));
+  return Status::Ok();
+}
+
+inline Status Backend::moe_input(const MoEInputParams& p) {
+  GPTOSS_RETURN_IF_ERROR(rmsnorm(p.norm));
+  GPTOSS_RETURN_IF_ERROR(dense(p.gate));
+  return router_topk(p.router);
+}
+
 // threads <= 0: one per hardware thread (or $GPT_OSS_C_THREADS).
 std::unique_ptr<Backend> make_cpu_backend(int threads);
 
