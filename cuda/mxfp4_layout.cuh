@@ -53,6 +53,14 @@ GPTOSS_HD void mxfp4_unpack_word(uint32_t u, uint32_t out[4]) {
   out[3] = ((u >> 4) & 0x00C000C0u) | ((u >> 5) & 0x01000100u) | ((u << 1) & 0x80008000u);
 }
 
+// bf16 pair (2^(s-1), 2^(s-1)) for scale byte i of a packed scale word (s = that byte, s < 128):
+// the exponent field s + 126 in bits 7..14 and 23..30. Times an unpacked register (fp4 * 2^-126,
+// above) it gives the dequantised weight fp4 * 2^(s-127) in one exact multiply; for s >= 128,
+// 2^(s-1) is not a bf16 and the kernels multiply by 2^126 and 2^(s-127) instead.
+GPTOSS_HD uint32_t mxfp4_scale_mul_bf16x2(uint32_t packed, int i) {
+  return ((packed >> (8 * i)) & 0xffu) * 0x00800080u + 0x3F003F00u;
+}
+
 // Byte offsets of tile `tile` (global over experts: e * R/16 + row tile), chunk j.
 GPTOSS_HD size_t mxfp4_block_offset(size_t tile, int chunks, int j) {
   return (tile * size_t(chunks) + size_t(j)) * kMxfp4ChunkBytes;

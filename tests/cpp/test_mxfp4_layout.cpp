@@ -58,6 +58,31 @@ static void test_word_round_trip() {
   }
 }
 
+// The one-multiply scale path: for s < 128 both halves of mxfp4_scale_mul_bf16x2 are 2^(s-1), and
+// times an unpacked register (fp4 * 2^-126) the product fp4 * 2^(s-127) is an exact bf16 (so the
+// GPU's rounded bf16 multiply returns it unchanged), subnormal results (s <= 1) included.
+static void test_scale_multiplier() {
+  for (uint32_t s = 0; s < 128; ++s) {
+    const uint32_t packed = s << 16 | (127u - s % 7) << 8 | 5u;  // s in byte 2, others arbitrary
+    const uint32_t m = mxfp4_scale_mul_bf16x2(packed, 2);
+    const double want_m = std::ldexp(1.0, int(s) - 1);
+    CHECK(double(bf16_to_f32(uint16_t(m))) == want_m && double(bf16_to_f32(uint16_t(m >> 16))) == want_m,
+          "scale byte %u: multiplier %08x is not 2^(s-1)", s, m);
+    for (int code = 0; code < 16; ++code) {
+      uint8_t codes[4][2] = {{uint8_t(code), uint8_t(15 - code)}, {0, 0}, {0, 0}, {0, 0}};
+      uint32_t out[4];
+      mxfp4_unpack_word(mxfp4_pack_word(codes), out);
+      for (int half = 0; half < 2; ++half) {
+        const double prod = double(bf16_to_f32(uint16_t(out[0] >> (16 * half)))) * want_m;
+        const double want = fp4_e2m1_value(codes[0][half]) * std::ldexp(1.0, int(s) - 127);
+        const double as_bf16 = double(bf16_to_f32(f32_to_bf16(float(prod))));
+        CHECK(prod == want && as_bf16 == prod, "code %d scale byte %u: %g x 2^(s-1) = %g, want %g (bf16 %g)",
+              codes[0][half], s, double(bf16_to_f32(uint16_t(out[0] >> (16 * half)))), prod, want, as_bf16);
+      }
+    }
+  }
+}
+
 static void test_tile_rows() {
   std::vector<int> seen(16, 0);
   for (int rho = 0; rho < 16; ++rho) seen[mxfp4_tile_row(rho)]++;
@@ -135,6 +160,7 @@ static void test_replay(int R, int G, uint32_t seed) {
 int main() {
   test_bit_positions_partition();
   test_word_round_trip();
+  test_scale_multiplier();
   test_tile_rows();
   test_replay(16, 1, 11);   // one half chunk
   test_replay(32, 3, 12);   // one full + one half chunk
