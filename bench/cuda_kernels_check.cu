@@ -17,6 +17,7 @@
 #include "backend.h"
 #include "dense_bf16.cuh"
 #include "moe_mxfp4.cuh"
+#include "moe_mxfp4_impl.cuh"
 
 using namespace gptoss;
 
@@ -136,6 +137,7 @@ std::string moe_path(int T, int k, int E) {
     const int active = std::min(S, E);
     return (S + active - 1) / active <= 4 ? "gemv decode" : "gemv batch";
   }
+  if (moe::wgmma_available()) return "wgmma";
   const int avg = (S + E - 1) / E;
   return "gemm BM=" + std::to_string(avg <= 24 ? 32 : avg <= 64 ? 64 : 128);
 }

@@ -9,8 +9,8 @@
 //  * T * k <= kGemvMaxSlots (decode, batched decode): moe_mxfp4_gemv.cu, two launches, no routing
 //    pass; mlp2 fuses the combine and overlaps mlp1's tail (programmatic dependent launch, sm_90).
 //  * larger steps (prefill): expert_route.cu sorts the slots by expert and cuts tiles; mlp1 and
-//    mlp2 run as grouped GEMMs over the tiles (moe_mxfp4_gemm.cu); expert_combine adds the k
-//    partials per token.
+//    mlp2 run as grouped GEMMs over the tiles (moe_mxfp4_wgmma.cu on sm_90a, moe_mxfp4_gemm.cu
+//    elsewhere or with GPT_OSS_C_FORCE_PORTABLE=1); expert_combine adds the k partials per token.
 // Every path is deterministic (fixed summation order, no float atomics) and allocation- and
 // sync-free (capture-safe).
 #include "moe_mxfp4.cuh"
@@ -194,7 +194,8 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
     return moe::launch_gemv(g, false, gs, moe::use_pdl(), stream);
   }
 
-  const int bm = moe::gemm_tile_rows(int(S), p.E);
+  const bool wg = moe::wgmma_available();
+  const int bm = wg ? moe::kWgmmaTileRows : moe::gemm_tile_rows(int(S), p.E);
   const int max_tiles = expert_route_max_tiles(int(S), p.E, bm);
 
   ExpertRouteParams rp;
@@ -222,7 +223,9 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
   a.partial = w.partial;
   a.alpha = p.swiglu_alpha;
   a.limit = p.swiglu_limit;
-  auto run = [&](bool mlp1) { return moe::launch_gemm_mma(bm, mlp1, a, max_tiles, stream); };
+  auto run = [&](bool mlp1) {
+    return wg ? moe::launch_gemm_wgmma(mlp1, a, max_tiles, stream) : moe::launch_gemm_mma(bm, mlp1, a, max_tiles, stream);
+  };
 
   // mlp1: rows 2I, K = H, B = x gathered by token.
   a.act = static_cast<const bf16_t*>(p.x);

@@ -36,7 +36,8 @@
 // on tensor cores; mlp1 writes z (bf16, [T*k][I] by slot), mlp2 writes weighted partial rows and
 // the last block of each row group adds them onto y in slot order. Larger steps: expert_route.cu
 // sorts the slots by expert (stable) and cuts tiles; mlp1 and mlp2 run as grouped GEMMs over the
-// tiles (moe_mxfp4_gemm.cu), then expert_combine adds the k partials of each token in slot order.
+// tiles (moe_mxfp4_wgmma.cu with wgmma on sm_90a, moe_mxfp4_gemm.cu with mma.sync elsewhere), then
+// expert_combine adds the k partials of each token in slot order.
 // Kernel internals: moe_mxfp4_impl.cuh.
 #pragma once
 

@@ -4,6 +4,7 @@
 // fragments, the clamped SwiGLU, programmatic dependent launch).
 //   moe_mxfp4_gemv.cu   grouped GEMV: decode and batched decode (T * k <= kGemvMaxSlots), no routing pass
 //   moe_mxfp4_gemm.cu   tiled mma.sync GEMM over expert_route tiles (prefill; the sm_80 path)
+//   moe_mxfp4_wgmma.cu  the same GEMM with wgmma on sm_90a
 #pragma once
 
 #include <cuda_runtime.h>
@@ -162,7 +163,7 @@ int gemv_row_groups(int R, GemvShape shape);
 Status launch_gemv(const GemvArgs& a, bool mlp1, GemvShape shape, bool pdl, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------
-// Tiled GEMM over expert_route tiles (moe_mxfp4_gemm.cu: mma.sync)
+// Tiled GEMM over expert_route tiles (moe_mxfp4_gemm.cu: mma.sync; moe_mxfp4_wgmma.cu: sm_90a)
 // ---------------------------------------------------------------------------------------------
 struct GemmArgs {
   const bf16_t* act = nullptr;  // mlp1: x [T][ld_act] gathered by token; mlp2: z [T*k][I] in sorted order
@@ -187,6 +188,13 @@ struct GemmArgs {
 // Token-tile rows of the mma.sync GEMM for a step with `slots` slots over E experts.
 int gemm_tile_rows(int slots, int E);
 Status launch_gemm_mma(int tile_rows, bool mlp1, const GemmArgs& a, int max_tiles, cudaStream_t stream);
+
+// Token-tile rows of the wgmma GEMM (two warpgroups of 64).
+constexpr int kWgmmaTileRows = 128;
+// True when the wgmma kernels can run here: an sm_90 device, kernels built from sm_90a code (not
+// JIT-compiled compute_80 PTX), and no GPT_OSS_C_FORCE_PORTABLE=1.
+bool wgmma_available();
+Status launch_gemm_wgmma(bool mlp1, const GemmArgs& a, int max_tiles, cudaStream_t stream);
 
 }  // namespace moe
 }  // namespace gptoss

@@ -19,6 +19,8 @@ Tolerances (bf16 activations on CUDA: the binding rounds x to bf16 before upload
 """
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -150,8 +152,12 @@ def moe_path(T, k, E):
     if S <= GEMV_MAX_SLOTS:
         shape = "decode" if -(-S // min(S, E)) <= 4 else "batch"
         return f"bf16_mxfp4w_moe_gemv {shape} (grouped GEMV, fused combine)"
+    if os.environ.get("GPT_OSS_C_FORCE_PORTABLE") != "1":
+        gemm = "bf16_mxfp4w_moe_wgmma on sm_90a, else bf16_mxfp4w_moe_gemm"
+    else:
+        gemm = "bf16_mxfp4w_moe_gemm (forced portable)"
     avg = -(-S // E)
-    return f"expert route + bf16_mxfp4w_moe_gemm BM={32 if avg <= 24 else 64 if avg <= 64 else 128} + combine"
+    return f"expert route + {gemm} BM={128 if 'wgmma' in gemm else 32 if avg <= 24 else 64 if avg <= 64 else 128} + combine"
 
 
 def moe_inputs(T, E, k, H, I, *, expert_idx=None, seed=0):
@@ -297,3 +303,14 @@ def test_moe_scale_bytes_across_the_range(T):
 def test_moe_subnormal_scales(T):
     # 2^-127 (byte 0) and 2^-126: on the tensor-core path the A operand is a bf16 subnormal.
     scale_case(T, [0, 1, 2, 3, 127])
+
+
+@pytest.mark.skipif(os.environ.get("GPT_OSS_C_FORCE_PORTABLE") == "1", reason="this is the portable run")
+def test_moe_portable_kernels_in_a_child_process():
+    # GPT_OSS_C_FORCE_PORTABLE=1 is read once per process: a child reruns the MoE path tests with
+    # the mma.sync GEMM instead of wgmma, and the gemv without programmatic dependent launch.
+    env = dict(os.environ, GPT_OSS_C_FORCE_PORTABLE="1")
+    sel = "moe_decode or moe_gemv_passes or moe_tiles or moe_expert_counts or moe_skewed or moe_scale or moe_subnormal or moe_is_det"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", sel], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"portable MoE kernels failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
