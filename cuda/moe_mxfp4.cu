@@ -16,6 +16,7 @@
 #include "moe_mxfp4.cuh"
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -40,9 +41,14 @@ int device_cc_major() {
 bool use_pdl() { return !cuda_force_portable() && device_cc_major() >= 9; }
 
 Status ensure_smem(const void* kernel, size_t bytes, const char* name) {
-  int dev = 0, optin = 0;
+  int dev = 0;
   GPTOSS_CUDA_CHECK(cudaGetDevice(&dev));
-  GPTOSS_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  static std::atomic<int> optin_of[64] = {};  // per device; 0 = not queried yet
+  int optin = dev >= 0 && dev < 64 ? optin_of[dev].load(std::memory_order_relaxed) : 0;
+  if (optin == 0) {
+    GPTOSS_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    if (dev >= 0 && dev < 64) optin_of[dev].store(optin, std::memory_order_relaxed);
+  }
   if (bytes > size_t(optin))
     return make_error(StatusCode::Unsupported, std::string(name) + " needs " + std::to_string(bytes) +
                                                    " bytes of shared memory; this device allows " + std::to_string(optin));

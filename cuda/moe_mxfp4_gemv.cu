@@ -19,7 +19,7 @@
 // partial tiles are summed through shared memory in ks order (deterministic). More than 8 * NT
 // tokens: further passes over the weights already in shared memory.
 // mlp2 is launched with programmatic dependent launch when available: its blocks start while mlp1
-// drains, copy the first half of their weights, then griddepcontrol.wait before reading z. Its
+// drains, put their whole weight slab in flight, then griddepcontrol.wait before reading z. Its
 // combine needs no extra launch: each block stores its weighted partial rows, and the last of the
 // row group's blocks to arrive (atomic counter, zeroed by mlp1) adds the k partials of every token
 // onto y in slot order -- fixed arithmetic whichever block does it.
@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) bf16_mxfp4w_moe_ge
     tc::cp_async_commit();
   };
   issue(jb, jm, true);
-  if (kMlp1) issue(jm, je, false);
+  issue(jm, je, false);
 
   // The expert's slots, in slot order.
   if (warp == 0) {
@@ -173,10 +173,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) bf16_mxfp4w_moe_ge
     }
     if (lane == 0) s_n = n;
   }
-  if (!kMlp1) {
-    pdl_wait();  // mlp1 has completed: z, the counters and y may be touched from here on
-    issue(jm, je, false);
-  }
+  if (!kMlp1) pdl_wait();  // mlp1 has completed: z, the counters and y may be touched from here on
   __syncthreads();
   const int n = s_n;
 
