@@ -20,10 +20,10 @@
 // (the k permutation of mma_sm80.cuh). Word s = 2h + q holds step s: with base = 64j + 32h + 8c + 4q,
 //     a0a1 = row r   at base+0, base+1        a2a3 = row r+8 at base+0, base+1
 //     a4a5 = row r   at base+2, base+3        a6a7 = row r+8 at base+2, base+3
-// and the 4-bit codes sit at bit positions chosen so each bf16x2 register is a shift and a mask
+// and the 4-bit codes sit at bit positions chosen so each bf16x2 register is a rotate and a mask
 // away (mxfp4_layout.cuh: bf16 bits sign << 15 | (code & 7) << 6 = fp4 * 2^-126, exact):
-//     a0a1 = (u << 6) & 0x81C081C0    a2a3 = (u << 3) & 0x81C081C0    a4a5 = u & 0x81C081C0
-//     a6a7 = ((u >> 4) & 0x00C000C0) | ((u >> 5) & 0x01000100) | ((u << 1) & 0x80008000)
+//     a0a1 = u & 0x81C081C0    a2a3 = rotl(u, 4) & 0x81C081C0    a4a5 = rotl(u, 10) & 0x81C081C0
+//     a6a7 = (rotl(u, 6) & 0x80C080C0) | (rotl(u, 14) & 0x01000100)
 // followed by bf16x2 multiplies by the scale (dequant_steps in moe_mxfp4_impl.cuh: one multiply by
 // 2^(s-1) when every scale byte is < 128). Same byte count as the checkpoint (plus the pad).
 // scales -> [E * R/16 tiles][Kc][8 rows r][4 bytes]: (row r, block 2j), (row r+8, block 2j),

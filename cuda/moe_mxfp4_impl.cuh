@@ -40,7 +40,7 @@ __device__ __forceinline__ uint32_t scale_bf16x2(uint32_t s) {
 }
 
 // True when every scale byte of the warp's packed scale words is < 128 (real and synthetic
-// checkpoints: scales ~2^-7), so that one bf16 multiply by 2^(s-1) (mxfp4_scale_mul_bf16x2) turns
+// checkpoints: scales ~2^-7), so that one bf16 multiply by 2^(s-1) (mxfp4_scale_muls_bf16x2) turns
 // an unpacked register (fp4 * 2^-126) into the weight fp4 * 2^(s-127). Otherwise two multiplies,
 // by 2^126 and by 2^(s-127). All products are exact (2-bit significands, bf16 subnormals kept),
 // so both ways give identical bits. Warp-uniform; all 32 lanes must call it.
@@ -54,8 +54,7 @@ template <int NW>
 __device__ __forceinline__ void dequant_steps(const uint4& w, uint32_t sw, int s0, bool fast, uint32_t (&A)[NW][4]) {
   uint32_t m[4];
   if (fast) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) m[i] = mxfp4_scale_mul_bf16x2(sw, i);
+    mxfp4_scale_muls_bf16x2(sw, m);
 #pragma unroll
     for (int q = 0; q < NW; ++q) {
       uint32_t o[4];

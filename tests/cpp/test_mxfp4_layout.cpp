@@ -58,16 +58,20 @@ static void test_word_round_trip() {
   }
 }
 
-// The one-multiply scale path: for s < 128 both halves of mxfp4_scale_mul_bf16x2 are 2^(s-1), and
+// The one-multiply scale path: for s < 128 both halves of each mxfp4_scale_muls_bf16x2 are 2^(s-1), and
 // times an unpacked register (fp4 * 2^-126) the product fp4 * 2^(s-127) is an exact bf16 (so the
 // GPU's rounded bf16 multiply returns it unchanged), subnormal results (s <= 1) included.
 static void test_scale_multiplier() {
   for (uint32_t s = 0; s < 128; ++s) {
-    const uint32_t packed = s << 16 | (127u - s % 7) << 8 | 5u;  // s in byte 2, others arbitrary
-    const uint32_t m = mxfp4_scale_mul_bf16x2(packed, 2);
+    const uint32_t bytes[4] = {(s * 37u + 11u) & 127u, 127u - s % 7, s, (s + 64u) & 127u};  // s in byte 2
+    uint32_t muls[4];
+    mxfp4_scale_muls_bf16x2(bytes[0] | bytes[1] << 8 | bytes[2] << 16 | bytes[3] << 24, muls);
+    for (int i = 0; i < 4; ++i) {
+      const double want_i = std::ldexp(1.0, int(bytes[i]) - 1);
+      CHECK(double(bf16_to_f32(uint16_t(muls[i]))) == want_i && double(bf16_to_f32(uint16_t(muls[i] >> 16))) == want_i,
+            "scale byte %u (position %d): multiplier %08x is not 2^(s-1)", bytes[i], i, muls[i]);
+    }
     const double want_m = std::ldexp(1.0, int(s) - 1);
-    CHECK(double(bf16_to_f32(uint16_t(m))) == want_m && double(bf16_to_f32(uint16_t(m >> 16))) == want_m,
-          "scale byte %u: multiplier %08x is not 2^(s-1)", s, m);
     for (int code = 0; code < 16; ++code) {
       uint8_t codes[4][2] = {{uint8_t(code), uint8_t(15 - code)}, {0, 0}, {0, 0}, {0, 0}};
       uint32_t out[4];
