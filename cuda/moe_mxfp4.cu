@@ -7,7 +7,8 @@
 //   y[t] += sum_j w (W2[e] z + b2[e])   (the k terms summed in slot order, then added to y)
 // Paths:
 //  * T * k <= kGemvMaxSlots (decode, batched decode): moe_mxfp4_gemv.cu, two launches, no routing
-//    pass; mlp2 fuses the combine and overlaps mlp1's tail (programmatic dependent launch, sm_90).
+//    pass; mlp2 fuses the combine and, through programmatic dependent launch (sm_90) and per-row-
+//    group ready flags, runs concurrently with mlp1's tail.
 //  * larger steps (prefill): expert_route.cu sorts the slots by expert and cuts tiles; mlp1 and
 //    mlp2 run as grouped GEMMs over the tiles (moe_mxfp4_wgmma.cu on sm_90a, moe_mxfp4_gemm.cu
 //    elsewhere or with GPT_OSS_C_FORCE_PORTABLE=1); expert_combine adds the k partials per token.
@@ -82,6 +83,7 @@ struct MoeWorkspace {
   int32_t* tile_row0;
   int32_t* n_tiles;
   int32_t* counters;
+  int32_t* ready;
   bf16_t* z;
   float* partial;
 };
@@ -99,6 +101,8 @@ size_t workspace_layout(size_t S, size_t E, size_t H, size_t I, char* base, MoeW
   char* p_tr = take(S * 4);
   char* p_nt = take(4);
   char* p_cnt = take((H / kMxfp4TileRows + 1) * 4);  // >= gemv_row_groups(H, any shape)
+  // Ready flags of the gemv path: [active expert rank < min(E, S)][mlp1 row group < 2I / 16 + 1].
+  char* p_ready = take(std::min(E, S) * (2 * I / kMxfp4TileRows + 1) * 4);
   char* p_z = take(S * I * 2);
   char* p_partial = take(S * H * 4);
   if (w) {
@@ -108,6 +112,7 @@ size_t workspace_layout(size_t S, size_t E, size_t H, size_t I, char* base, MoeW
     w->tile_row0 = reinterpret_cast<int32_t*>(p_tr);
     w->n_tiles = reinterpret_cast<int32_t*>(p_nt);
     w->counters = reinterpret_cast<int32_t*>(p_cnt);
+    w->ready = reinterpret_cast<int32_t*>(p_ready);
     w->z = reinterpret_cast<bf16_t*>(p_z);
     w->partial = reinterpret_cast<float*>(p_partial);
   }
@@ -180,6 +185,9 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
     g.ldy = p.ldy;
     g.counters = w.counters;
     g.n_counters = moe::gemv_row_groups(p.H, gs);
+    g.ready = w.ready;
+    g.ready_stride = moe::gemv_row_groups(2 * p.I, gs);
+    g.z_group_units = moe::gemv_group_rows(gs) / 2;
     // mlp1: rows 2I, K = H, B = x rows of the slots' tokens.
     g.act = static_cast<const bf16_t*>(p.x);
     g.ld_act = p.ldx;

@@ -19,10 +19,15 @@
 // partial tiles are summed through shared memory in ks order (deterministic). More than 8 * NT
 // tokens: further passes over the weights already in shared memory.
 // mlp2 is launched with programmatic dependent launch when available: its blocks start while mlp1
-// drains, put their whole weight slab in flight, then griddepcontrol.wait before reading z. Its
-// combine needs no extra launch: each block stores its weighted partial rows, and the last of the
-// row group's blocks to arrive (atomic counter, zeroed by mlp1) adds the k partials of every token
-// onto y in slot order -- fixed arithmetic whichever block does it.
+// still runs (once every mlp1 block has started), put their whole weight slab in flight, and
+// consume z chunk by chunk as mlp1's row groups publish it: each mlp1 block resets its ready flag
+// before it lets the dependent grid start and sets it (release) once its z rows are written; an
+// mlp2 warp acquires the flags of a chunk's units before reading them from L2. Without PDL mlp2
+// starts after mlp1 and finds every flag set. The combine needs no extra launch: each block
+// stores its weighted partial rows, and the last of the row group's blocks to arrive (atomic
+// counter, zeroed by mlp1; touched only after griddepcontrol.wait) adds the k partials of every
+// token onto y in slot order -- fixed arithmetic whichever block does it. No block ever waits for
+// a block of its own grid, and mlp1 waits for nothing, so the hand-off cannot deadlock.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -92,10 +97,14 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) bf16_mxfp4w_moe_ge
   const uint32_t codes_s = tc::smem_addr(smem + L.codes), scales_s = tc::smem_addr(smem + L.scales);
 
   if (kMlp1) {
-    // The combine counters of the mlp2 launch that follows (which reads them only after
-    // griddepcontrol.wait, i.e. after this grid has completed).
+    // Before the dependent mlp2 grid may start (it starts once every block of this grid has
+    // passed pdl_launch_dependents): reset this block's ready flag, and block (0, 0) the combine
+    // counters; the fence makes both visible to it.
     if (blockIdx.x == 0 && blockIdx.y == 0)
       for (int i = tid; i < a.n_counters; i += C::kThreads) a.counters[i] = 0;
+    if (tid == 0) a.ready[blockIdx.y * a.ready_stride + blockIdx.x] = 0;
+    __threadfence();
+    __syncthreads();
     pdl_launch_dependents();
   }
 
@@ -173,7 +182,6 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) bf16_mxfp4w_moe_ge
     }
     if (lane == 0) s_n = n;
   }
-  if (!kMlp1) pdl_wait();  // mlp1 has completed: z, the counters and y may be touched from here on
   __syncthreads();
   const int n = s_n;
 
@@ -186,8 +194,20 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) bf16_mxfp4w_moe_ge
       for (int h = 0; h < 2; ++h) {
         int k = 64 * j + 32 * h;
         if (k >= a.K) k = 0;  // the pad half of a last half chunk: skipped below
-        xv[nt][h] = kMlp1 ? tc::ldg_128(xrow[nt] + k) : ldg_ca_128(xrow[nt] + k);
+        xv[nt][h] = kMlp1 ? tc::ldg_128(xrow[nt] + k) : ldg_cg_128(xrow[nt] + k);
       }
+  };
+  // mlp2, first pass: z units [64j, 64j + 64) come from mlp1 row groups of this expert rank that may
+  // still be running; lane 0 waits for their ready flags (acquire), then the warp reads z from L2.
+  auto wait_z = [&](int j) {
+    if (kMlp1) return;
+    if (lane == 0) {
+      const int u1 = min(64 * j + 64, a.K) - 1;
+      const int32_t* f = a.ready + blockIdx.y * a.ready_stride;
+      for (int g = 64 * j / a.z_group_units; g <= u1 / a.z_group_units; ++g)
+        while (ld_acquire_gpu(f + g) == 0) __nanosleep(100);
+    }
+    __syncwarp();
   };
   float acc[TPW][NT][4];
   auto compute = [&](int j, const uint4 (&xv)[NT][2]) {
@@ -231,16 +251,25 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) bf16_mxfp4w_moe_ge
       __syncwarp();            // scales were copied by other lanes
     }
     uint4 xa[NT][2], xb[NT][2];
-    if (jb < je) load_x(jb, xa);
+    if (jb < je) {
+      if (first) wait_z(jb);
+      load_x(jb, xa);
+    }
     for (int j = jb; j < je; j += 2) {
-      if (j + 1 < je) load_x(j + 1, xb);
+      if (j + 1 < je) {
+        if (first) wait_z(j + 1);
+        load_x(j + 1, xb);
+      }
       if (first && j == jm) {
         tc::cp_async_wait<0>();
         __syncwarp();
       }
       compute(j, xa);
       if (j + 1 >= je) break;
-      if (j + 2 < je) load_x(j + 2, xa);
+      if (j + 2 < je) {
+        if (first) wait_z(j + 2);
+        load_x(j + 2, xa);
+      }
       if (first && j + 1 == jm) {
         tc::cp_async_wait<0>();
         __syncwarp();
@@ -293,8 +322,15 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) bf16_mxfp4w_moe_ge
     __syncthreads();  // s_red is rewritten by the next pass
   }
 
-  if (!kMlp1) {
-    // Last arrival of this row group adds sum_j partial[t*k + j] (slot order) onto y.
+  if (kMlp1) {
+    // Publish this row group's z: every thread's stores, then the flag (release).
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) st_release_gpu(a.ready + blockIdx.y * a.ready_stride + blockIdx.x, 1);
+  } else {
+    // Last arrival of this row group adds sum_j partial[t*k + j] (slot order) onto y, which (with
+    // the counters) may only be touched once mlp1 has completed.
+    pdl_wait();
     __threadfence();
     __syncthreads();
     if (tid == 0) s_last = atomicAdd(a.counters + blockIdx.x, 1) == n_active - 1;
@@ -349,6 +385,10 @@ Status launch(const GemvArgs& a, bool pdl, cudaStream_t stream) {
 
 int gemv_row_groups(int R, GemvShape shape) {
   return shape == GemvShape::kDecode ? row_groups<DecodeCfg>(R) : row_groups<BatchCfg>(R);
+}
+
+int gemv_group_rows(GemvShape shape) {
+  return (shape == GemvShape::kDecode ? DecodeCfg::kRT : BatchCfg::kRT) * kMxfp4TileRows;
 }
 
 // Floors (gpt-oss-20b, H = I = 2880, k = 4; H200 4.25 TB/s, H100 2.9 TB/s copy):

@@ -104,12 +104,22 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
-// 16 bytes through L1 (coherent at kernel boundaries and at griddepcontrol.wait; unlike .nc it
-// may be used for data a still-running prerequisite grid writes, read after pdl_wait()).
-__device__ __forceinline__ uint4 ldg_ca_128(const void* p) {
+// 16 bytes from L2, bypassing L1: for data a still-running grid publishes (read after an acquire
+// of its ready flag), which a stale L1 line must not shadow.
+__device__ __forceinline__ uint4 ldg_cg_128(const void* p) {
   uint4 v;
-  asm volatile("ld.global.v4.u32 {%0,%1,%2,%3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
   return v;
+}
+
+// Flag hand-off between concurrently running grids (gpu scope).
+__device__ __forceinline__ int ld_acquire_gpu(const int32_t* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_release_gpu(int32_t* p, int v) {
+  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -152,10 +162,14 @@ struct GemvArgs {
   int ldy = 0;
   int32_t* counters = nullptr;          // arrivals per mlp2 row group (mlp2 reads, mlp1 zeroes)
   int n_counters = 0;                   // gemv_row_groups(H, shape)
+  int32_t* ready = nullptr;             // [expert rank][ready_stride]: mlp1 row group's z is written
+  int ready_stride = 0;                 // gemv_row_groups(2I, shape) (mlp1's grid.x)
+  int z_group_units = 0;                // z columns per mlp1 row group (mlp2)
 };
 
-// Number of row groups (blocks along x) for R rows.
+// Number of row groups (blocks along x) for R rows, and rows per group.
 int gemv_row_groups(int R, GemvShape shape);
+int gemv_group_rows(GemvShape shape);
 // mlp1 (+ SwiGLU into z; also zeroes the counters of the following mlp2) or mlp2 (+ bias, routing
 // weight, and the slot-ordered combine onto y by the last block of each row group). mlp2 with
 // `pdl` overlaps its weight loads with the end of mlp1.
