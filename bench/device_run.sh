@@ -15,7 +15,7 @@ for stage in "$@"; do
   case "$stage" in
     tests)
       for f in test_cuda_backend test_cuda_moe_dense test_fused_ops test_cuda_engine_replay test_ops; do
-        timeout 200 python3 -m pytest -q -ra --maxfail=10 -p no:cacheprovider "tests/python/$f.py" -k cuda \
+        timeout 400 python3 -m pytest -q -ra --maxfail=10 -p no:cacheprovider "tests/python/$f.py" -k cuda \
           > "$OUT/$f.log" 2>&1
         echo "== $f: $(tail -n 1 "$OUT/$f.log")"
         grep -E "^(FAILED|ERROR)" "$OUT/$f.log" | head -12
