@@ -32,7 +32,7 @@ for stage in "$@"; do
     profile)
       python3 -c "from gpt_oss_c.bench import scratch_checkpoint; scratch_checkpoint('20b', 'hf', None)" 2>&1 | tail -2
       for w in decode prefill batch; do
-        GPT_OSS_C_PROFILE=1 GPT_OSS_C_NO_GRAPHS=1 timeout 200 python3 bench/profile_ops.py /dev/shm/gpt_oss_c-bench-20b-hf $w \
+        GPT_OSS_C_PROFILE=1 GPT_OSS_C_NO_GRAPHS=1 GPT_OSS_C_NO_PDL=1 timeout 200 python3 bench/profile_ops.py /dev/shm/gpt_oss_c-bench-20b-hf $w \
           > "$OUT/profile_$w.log" 2>&1; echo "== profile $w"; head -n 14 "$OUT/profile_$w.log" | cut -c1-90
       done ;;
     bench20b_full)
@@ -42,6 +42,18 @@ for stage in "$@"; do
       df -h /dev/shm /tmp | tail -n 2; free -g | head -n 2
       rm -rf /dev/shm/gpt_oss_c-bench-*
       timeout 500 python3 bench/big_models.py 20b 120b > "$OUT/big_models.log" 2>&1; tail -n 6 "$OUT/big_models.log" ;;
+    kcheck|kbench)
+      # The kernel micro-benchmark binary is built here from the same sources and carried in .whl/bench.
+      mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
+      if [ "$stage" = kcheck ]; then
+        timeout 200 python3 bench/cuda_kernels.py --check > "$OUT/kcheck.log" 2>&1; echo "== kcheck rc=$?"
+        grep -E "FAIL" "$OUT/kcheck.log" | head -20; tail -n 2 "$OUT/kcheck.log"
+        GPT_OSS_C_FORCE_PORTABLE=1 timeout 200 python3 bench/cuda_kernels.py --check > "$OUT/kcheck_portable.log" 2>&1
+        echo "== kcheck portable rc=$?"; grep -E "FAIL" "$OUT/kcheck_portable.log" | head -10
+      else
+        timeout 300 python3 bench/cuda_kernels.py --out "$OUT" > "$OUT/kbench.log" 2>&1; echo "== kbench rc=$?"
+        cat "$OUT/kbench.log" | cut -c1-110 | head -60
+      fi ;;
     sanitize)
       for tool in memcheck racecheck; do
         timeout 280 compute-sanitizer --tool $tool --print-limit 20 python3 -m pytest -q -p no:cacheprovider \
