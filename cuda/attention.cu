@@ -12,7 +12,8 @@
 // running sum l and output o[16][64] in registers; K/V tiles go global -> shared with cp.async
 // (16-byte chunks, XOR-swizzled so ldmatrix is conflict-free) and shared -> registers with ldmatrix
 // (K as the col-major B operand of S = Q K^T, V through ldmatrix.trans as the B operand of O = P V,
-// P reused from the S accumulators as the A operand). Invalid key rows are zero-filled by cp.async
+// P reused from the S accumulators as the A operand: one bf16 rounding in prefill, hi + lo bf16 parts
+// in decode, see attend_tile). Invalid key rows are zero-filled by cp.async
 // (src-size 0) and masked to -inf, so garbage never meets a zero weight.
 //
 // Rows are (token, query head) pairs of one KV head: the G query heads of a KV head share every
@@ -217,10 +218,33 @@ struct RowState {
   }
 };
 
+// The A operand of P.V for keys kk*16 + 0..15: P rounded to bf16 (`hi`) and, with kSplitP, the
+// rounding residual P - hi rounded again (`lo`), so that hi + lo carries P to 2^-16 relative.
+template <bool kSplitP>
+__device__ __forceinline__ void p_operand(uint32_t (&hi)[4], uint32_t (&lo)[4], float a0, float a1, float a2, float a3,
+                                          float b0, float b1, float b2, float b3) {
+  const float x[8] = {a0, a1, a2, a3, b0, b1, b2, b3};  // fragment order: (g, 2q..), (g+8, 2q..), +8 keys
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    hi[i] = pack_bf16x2(x[2 * i], x[2 * i + 1]);
+    if (kSplitP) {
+      const float2 h = unpack_bf16x2(hi[i]);
+      lo[i] = pack_bf16x2(x[2 * i] - h.x, x[2 * i + 1] - h.y);  // exact difference, rounded once
+    }
+  }
+}
+
 // One warp: attends its 16 rows to a tile of 16*KK keys held in shared memory (rows of ks/vs).
 // Key j0 + c is visible to row half h iff klo[h] <= j0 + c <= khi[h]; masking is skipped when the
 // caller knows the whole tile is visible.
-template <int KK>
+// kSplitP: the softmax weights enter P.V as hi + lo bf16 parts (two mma per V fragment) instead of
+// one bf16 rounding. One rounding moves each weight by up to 2^-8 relative (half a bf16 ulp); when a
+// few keys carry most of the weight (short contexts) that shifts the output by up to ~2^-8 sum_j
+// p_j |v_j|, as much as the bf16 output rounding itself: up to twice the error of the same math with
+// f32 weights (test_ops' flash-attention criterion failed on an 11-key token this way).
+// The decode kernel is memory bound and takes the split for free; prefill is compute bound (the
+// split would make it 1.5x the mma work) and keeps the single rounding.
+template <int KK, bool kSplitP>
 __device__ __forceinline__ void attend_tile(RowState& st, const uint4* ks, const uint4* vs, const uint32_t (&qa)[4][4],
                                             float scale_log2, bool need_mask, int j0, const int (&klo)[2],
                                             const int (&khi)[2], int lane) {
@@ -279,15 +303,19 @@ __device__ __forceinline__ void attend_tile(RowState& st, const uint4* ks, const
   }
 #pragma unroll
   for (int kk = 0; kk < KK; ++kk) {
-    const uint32_t pa[4] = {pack_bf16x2(s[2 * kk][0], s[2 * kk][1]), pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
-                            pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                            pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+    uint32_t pa[4], pl[4];
+    p_operand<kSplitP>(pa, pl, s[2 * kk][0], s[2 * kk][1], s[2 * kk][2], s[2 * kk][3], s[2 * kk + 1][0],
+                       s[2 * kk + 1][1], s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
     for (int dp = 0; dp < 4; ++dp) {
       uint32_t b[4];  // keys kk*16 + {0-7, 8-15} x dim chunks 2dp, 2dp+1, transposed
       ldsm_x4_trans(b, vs + swz(kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7), 2 * dp + (lane >> 4)));
       mma_bf16(st.o[2 * dp], pa, b[0], b[1]);
       mma_bf16(st.o[2 * dp + 1], pa, b[2], b[3]);
+      if (kSplitP) {
+        mma_bf16(st.o[2 * dp], pl, b[0], b[1]);
+        mma_bf16(st.o[2 * dp + 1], pl, b[2], b[3]);
+      }
     }
   }
 }
@@ -346,8 +374,8 @@ __global__ void __launch_bounds__(kDecodeWarps * kWarpSize) bf16_sdpa_sink_d64_d
     cp_async_wait<1>();
     __syncwarp();
     const int j0 = kb + tile * kDecodeKeys;
-    attend_tile<1>(st, smem[warp][stage][0], smem[warp][stage][1], qa, a.scale_log2, j0 + kDecodeKeys > ke, j0, klo,
-                   khi, lane);
+    attend_tile<1, true>(st, smem[warp][stage][0], smem[warp][stage][1], qa, a.scale_log2, j0 + kDecodeKeys > ke, j0,
+                         klo, khi, lane);
     __syncwarp();
     stage ^= 1;
   }
@@ -534,7 +562,7 @@ __global__ void __launch_bounds__(kPrefillWarps * kWarpSize) bf16_sdpa_sink_d64_
     const int j0 = kb + it * kBN;
     if (warp_active && j0 <= w_pos_max && j0 + kBN - 1 >= w_lo_min) {
       const bool need_mask = j0 + kBN - 1 > w_pos_min || j0 < w_lo_max;
-      attend_tile<kBN / 16>(st, smem[stage][0], smem[stage][1], qa, a.scale_log2, need_mask, j0, klo, khi, lane);
+      attend_tile<kBN / 16, false>(st, smem[stage][0], smem[stage][1], qa, a.scale_log2, need_mask, j0, klo, khi, lane);
     }
     __syncthreads();  // the next iteration's copy overwrites the stage just read
   }
@@ -582,7 +610,9 @@ size_t attention_step_workspace_bytes(const AttentionParams& p, int num_sms) {
 // Floors (H100: ~3 TB/s, ~330 dense bf16 TFLOP/s for mma.sync):
 //  * decode reads each visible K/V row once per (token, KV head): 256 B per key per KV head. Batch-1
 //    at 8K context over 8 KV heads is 16 MB per full layer, ~5.6 us; sliding layers (128 keys)
-//    ~0.1 MB and launch latency. The grid is ~3 blocks per SM (split-K) whatever the batch.
+//    ~0.1 MB and launch latency. The grid is ~3 blocks per SM (split-K) whatever the batch. Tensor
+//    work per 16-key warp tile (4 KB of K/V): 8 mma for S, 16 for the hi + lo P.V, ~24 flop/B against
+//    the ~110 flop/B at which mma.sync would become the limit.
 //  * prefill is compute bound: 4 * 64 flop per (query head, visible key); 2048 causal tokens x 64
 //    heads is 2048^2/2 * 64 * 256 = 34 GFLOP per full layer, ~0.1 ms at 330 TFLOP/s (sliding
 //    layers: 128 keys per query, 4.3 GFLOP).

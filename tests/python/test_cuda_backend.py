@@ -9,13 +9,19 @@ Inputs are rounded to bf16 before either backend sees them, so both compute from
 and every difference comes from the CUDA kernels' own roundings. Tolerances, stated where used:
   * copies, indices and token ids: exact;
   * bf16 outputs: one rounding to bf16 costs at most 2^-8 relative (8 significant bits);
-  * attention additionally rounds the softmax weights p to bf16 for the P.V tensor-core product,
-    at most 2^-8 of sum_j p_j |v_j| -- so |cuda - cpu| <= 2^-8 (|out| + sum p|v|) + f32 noise.
+  * attention (prefill kernel) additionally rounds the softmax weights p to bf16 for the P.V
+    tensor-core product, at most 2^-8 of sum_j p_j |v_j| -- so |cuda - cpu| <= 2^-8 (|out| +
+    sum p|v|) + f32 noise;
+  * decode attention feeds p to P.V as hi + lo bf16 parts (exact to ~2^-16), so only the output
+    rounding remains: |cuda - exact| <= 2^-8 |exact| + 2^-14 sum p|v| + f32 noise, against the
+    float64 reference. A single bf16 rounding of p breaks this bound at short contexts, where a
+    few weights of ~0.3 carry the output (test_ops' long-and-short decode step did).
 Shapes are named after the kernel path they reach; a failure names the path and the shape.
 """
 from __future__ import annotations
 
 import re
+import zlib
 
 import numpy as np
 import pytest
@@ -33,7 +39,8 @@ NAN_BF16 = 0x7FC0  # cache entries that no valid read may touch
 
 
 def rng_for(*key) -> np.random.Generator:
-    return np.random.default_rng(abs(hash(("cuda",) + key)) % (2**32))
+    """A generator seeded by the test's own key: reproducible across runs (str hash() is not)."""
+    return np.random.default_rng(zlib.crc32(repr(("cuda",) + key).encode()))
 
 
 def bf16(x) -> np.ndarray:
@@ -267,6 +274,113 @@ def test_attention_prefill_long_chunk_after_long_cache():
 def test_attention_large_scores_stay_finite(seqs):
     # q x 8: scores of several hundred, far above the sinks; the running max must rescale exactly.
     attention_vs_cpu(n_q=64, n_kv=8, window=0, cache_len=4096, slots=1, seqs=seqs, q_scale=8.0)
+
+
+# Decode steps whose tokens have very different key counts. The launcher picks one split count for
+# the step from T * n_kv and the longest possible key range (cache length + T); each token then cuts
+# its own key range into chunks of max(ceil16(keys / splits), 64) keys, so short tokens leave most
+# splits empty and long ones may leave the last split partial or empty. decode_layout mirrors that
+# for a GPU of DECODE_SMS SMs (H100 SXM / H200) to name the failing token's layout; with another SM
+# count the tests stay valid, only the boundaries they hit move.
+DECODE_SMS = 132
+
+
+def decode_layout(T, n_kv, window, cache_len, keys):
+    target = 3 * DECODE_SMS
+    max_keys = window if window > 0 else cache_len + T
+    splits = 1 if T * n_kv >= target else max(1, min(-(-target // (T * n_kv)), -(-max_keys // 64), 64))
+    chunk = max(-(-(-(-keys // splits)) // 16) * 16, 64)
+    used = -(-keys // chunk)
+    return (f"{keys} keys, splits={splits} chunk={chunk}: {used} non-empty, last holds {keys - (used - 1) * chunk}"
+            if splits > 1 else f"{keys} keys, one split")
+
+
+def decode_step_vs_reference(*, n_q, n_kv, window, cache_len, seqs, seed=0):
+    """seqs: (slot, start, count) with T <= 2 S (the decode kernel). The cache holds
+    positions [start - cache_len, start) of a random bf16 history and NaN elsewhere. Checks CUDA
+    against the float64 reference with the decode bound of the module docstring; a failure names
+    the token, its head and its split layout."""
+    rng = rng_for("decode-mixed", seed, n_q, n_kv, window, cache_len, tuple(seqs))
+    ck = np.full((max(c[0] for c in seqs) + 1, n_kv, cache_len, 64), NAN_BF16, np.uint16)
+    cv = ck.copy()
+    sinks = rng.standard_normal(n_q).astype(np.float32)
+    qs, ks, vs, exact, mags, rows = [], [], [], [], [], []
+    for slot, start, count in seqs:
+        P = start + count
+        hk = bf16(rng.standard_normal((P, n_kv, 64)))
+        hv = bf16(rng.standard_normal((P, n_kv, 64)))
+        q = bf16(rng.standard_normal((count, n_q, 64)))
+        for p in range(max(0, start - cache_len), start):
+            ck[slot, :, p % cache_len] = ref.f32_to_bf16_bits(hk[p])
+            cv[slot, :, p % cache_len] = ref.f32_to_bf16_bits(hv[p])
+        pos = list(range(start, P))
+        exact.append(ref.attention(q, pos, hk, hv, sinks, window).reshape(count, -1))
+        mags.append(ref.attention(q, pos, hk, np.abs(hv), sinks, window).reshape(count, -1))
+        qs.append(q.reshape(count, -1))
+        ks.append(hk[start:].reshape(count, -1))
+        vs.append(hv[start:].reshape(count, -1))
+        rows += [(slot, p, min(p + 1, window) if window else p + 1) for p in pos]
+    T = len(rows)
+    assert T <= 2 * len(seqs), "a decode step: at most two tokens per sequence on average"
+    slot, start, lens = (np.array(c, np.int32) for c in zip(*seqs))
+    out = ops.attention(np.concatenate(qs), np.concatenate(ks), np.concatenate(vs), ck, cv, slot, start, lens, sinks,
+                        window=window, device="cuda")
+    assert np.isfinite(out).all(), "decode attention read a NaN (an invalid cache entry or a garbage row)"
+    exact, mag = np.concatenate(exact), np.concatenate(mags)
+    err = np.abs(np.asarray(out, np.float64) - exact)
+    bound = BF16_U * np.abs(exact) + (2.0**-14 + F32_NOISE) * mag
+    if (err > bound).any():
+        t, c = np.unravel_index(np.argmax(err / bound), err.shape)
+        s, p, keys = rows[t]
+        raise AssertionError(
+            f"decode attention n_q={n_q} n_kv={n_kv} window={window} len={cache_len} seqs={seqs}: "
+            f"{(err > bound).sum()} of {err.size} elements out of bound; worst: token {t} (sequence {s}, "
+            f"position {p}, {decode_layout(T, n_kv, window, cache_len, keys)}), head {c // 64} (KV head "
+            f"{c // 64 // (n_q // n_kv)}), dim {c % 64}: cuda {out[t, c]!r}, exact {exact[t, c]:.6g}, "
+            f"|err| {err[t, c]:.3g} > {bound[t, c]:.3g}")
+
+
+@needs_cuda
+def test_attention_decode_long_and_short_tokens_in_one_step():
+    # test_ops' case that failed on the GPU: 3001, 1501, 1024 and 11 keys, n_kv = 1 (G = 4); 49
+    # splits of 64 keys, the 11-key token in split 0 with 48 empty ones.
+    decode_step_vs_reference(n_q=4, n_kv=1, window=0, cache_len=3072,
+                             seqs=[(0, 3000, 1), (1, 1500, 1), (2, 1023, 1), (3, 10, 1)])
+
+
+# Key counts at the layout's edges. On 132 SMs this 12-token step gets 33 splits with n_kv = 1 (17,
+# 9, 5 with n_kv = 2, 4, 8; the same lengths then land elsewhere in their chunks). With 33 splits:
+# 1 key (32 empty splits), 16 / 17 (a warp's tile, then one key for the next warp), 64 / 65 (a full
+# split, then one key in the next), 1024 / 1025, 4321 (chunk 144: 30 full splits, one key in the
+# 31st, 2 empty), 4752 (33 full splits of 144) and 5000 (chunk 160: 31 full, 40 keys, 1 empty);
+# one sequence brings two tokens (the second sees the first from this step's k/v).
+EDGE_SEQS = [(0, 0, 1), (1, 15, 1), (2, 16, 1), (3, 63, 1), (4, 64, 1), (5, 1023, 1), (6, 1024, 1),
+             (7, 4320, 1), (8, 4751, 1), (9, 4999, 1), (10, 63, 2)]
+
+
+@needs_cuda
+@pytest.mark.parametrize("n_q,n_kv", [(4, 1), (16, 1), (6, 2), (12, 4), (64, 8)])
+def test_attention_decode_split_boundaries_mixed_lengths(n_q, n_kv):
+    decode_step_vs_reference(n_q=n_q, n_kv=n_kv, window=0, cache_len=5000, seqs=EDGE_SEQS)
+
+
+@needs_cuda
+@pytest.mark.parametrize("n_q,n_kv", [(4, 1), (64, 8)])
+def test_attention_decode_window_mixed_lengths(n_q, n_kv):
+    # Window 128 over a ring of 128: at most 2 splits of 64 keys; 1, 64, 65, 127, 128 and 128
+    # (wrapped) keys, so split 1 is empty, holds one key, or is full.
+    seqs = [(0, 0, 1), (1, 63, 1), (2, 64, 1), (3, 126, 1), (4, 127, 1), (5, 1000, 1)]
+    decode_step_vs_reference(n_q=n_q, n_kv=n_kv, window=128, cache_len=128, seqs=seqs)
+
+
+@needs_cuda
+@pytest.mark.parametrize("seed", range(4))
+def test_attention_decode_short_contexts_many_draws(seed):
+    # Short contexts are where one bf16 rounding of p shows (weights of ~0.3): 8 sequences of 1-40
+    # keys next to one of 2000, four random draws.
+    lengths = rng_for("short-draws", seed).integers(0, 40, 8)
+    seqs = [(i, int(n), 1) for i, n in enumerate(lengths)] + [(8, 1999, 1)]
+    decode_step_vs_reference(n_q=8, n_kv=2, window=0, cache_len=2048, seqs=seqs, seed=seed)
 
 
 def chunked_prefill_through_cache(*, n_q, n_kv, window, cache_len, chunks, seed=0, device="cuda"):
