@@ -14,6 +14,7 @@ namespace gptoss {
 
 inline Status cuda_status(cudaError_t err, const char* what, const char* file, int line) {
   if (err == cudaSuccess) return Status::Ok();
+  cudaGetLastError();  // consume a non-sticky error so the next launch check does not report it again
   int dev = -1;
   cudaGetDevice(&dev);
   StatusCode code = err == cudaErrorMemoryAllocation ? StatusCode::OutOfMemory : StatusCode::DeviceError;
