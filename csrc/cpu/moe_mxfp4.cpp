@@ -73,53 +73,53 @@ Status cpu_moe(CpuContext& c, const MoEParams& p) {
     for (int64_t a = a0; a < a1; ++a) mxfp4_permute(x + size_t(asg_tok[a]) * p.ldx, H, xs + size_t(a) * H);
   }, 8);
 
-  // --- 2. mlp1 + swiglu -------------------------------------------------------------------
-  const int rows1 = 2 * I, nb1 = H / kMxfp4Block, nrb1 = (rows1 + kRowBlock - 1) / kRowBlock;
-  const float alpha = p.swiglu_alpha, limit = p.swiglu_limit;
-  c.pool.parallel_for(int64_t(active.size()) * nrb1, [&](int64_t i0, int64_t i1) {
-    float tmp[kSimdMaxTokens * kRowBlock];
-    for (int64_t i = i0; i < i1; ++i) {
-      const int e = active[size_t(i / nrb1)];
-      const int r0 = int(i % nrb1) * kRowBlock, rows = std::min(kRowBlock, rows1 - r0);
-      const size_t wrow = size_t(e) * rows1 + r0;
-      const float* b1 = p.b1 + wrow;
-      for (int a0 = off[e]; a0 < off[e + 1]; a0 += kSimdMaxTokens) {
-        const int nt = std::min(kSimdMaxTokens, off[e + 1] - a0);
-        c.simd.gemv_mxfp4(p.w1_blocks + wrow * nb1 * kMxfp4BlockBytes, p.w1_scales + wrow * nb1, rows, nb1,
-                          xs + size_t(a0) * H, size_t(H), nt, tmp, kRowBlock);
-        for (int t = 0; t < nt; ++t) {
-          float* z = zs + size_t(a0 + t) * I;
-          for (int r = 0; r < rows; r += 2) {
-            const float glu = std::min(tmp[t * kRowBlock + r] + b1[r], limit);
-            const float lin = std::min(std::max(tmp[t * kRowBlock + r + 1] + b1[r + 1], -limit), limit);
-            const float sig = 1.0f / (1.0f + std::exp(-alpha * glu));
-            z[mxfp4_permuted_index((r0 + r) / 2)] = glu * sig * (lin + 1.0f);
-          }
+  // One MXFP4 matmul over every active expert: rows [0, rows_total) of each expert's matrix, split
+  // into row blocks across threads, times all of that expert's tokens (kSimdMaxTokens at a time) from
+  // `in` (stride ld_in). `epilogue(e, r0, rows, a0, nt, tmp)` consumes tmp[t * kRowBlock + r].
+  auto expert_matmul = [&](const uint8_t* blocks, const uint8_t* scales, int rows_total, int nb, const float* in,
+                           size_t ld_in, auto&& epilogue) {
+    const int nrb = (rows_total + kRowBlock - 1) / kRowBlock;
+    c.pool.parallel_for(int64_t(active.size()) * nrb, [&](int64_t i0, int64_t i1) {
+      float tmp[kSimdMaxTokens * kRowBlock];
+      for (int64_t i = i0; i < i1; ++i) {
+        const int e = active[size_t(i / nrb)];
+        const int r0 = int(i % nrb) * kRowBlock, rows = std::min(kRowBlock, rows_total - r0);
+        const size_t wrow = size_t(e) * rows_total + r0;
+        for (int a0 = off[e]; a0 < off[e + 1]; a0 += kSimdMaxTokens) {
+          const int nt = std::min(kSimdMaxTokens, off[e + 1] - a0);
+          c.simd.gemv_mxfp4(blocks + wrow * nb * kMxfp4BlockBytes, scales + wrow * nb, rows, nb,
+                            in + size_t(a0) * ld_in, ld_in, nt, tmp, kRowBlock);
+          epilogue(wrow, r0, rows, a0, nt, tmp);
         }
       }
-    }
-  });
+    });
+  };
+
+  // --- 2. mlp1 + swiglu -------------------------------------------------------------------
+  const float alpha = p.swiglu_alpha, limit = p.swiglu_limit;
+  expert_matmul(p.w1_blocks, p.w1_scales, 2 * I, H / kMxfp4Block, xs, size_t(H),
+                [&](size_t wrow, int r0, int rows, int a0, int nt, const float* tmp) {
+                  const float* b1 = p.b1 + wrow;
+                  for (int t = 0; t < nt; ++t) {
+                    float* z = zs + size_t(a0 + t) * I;
+                    for (int r = 0; r < rows; r += 2) {
+                      const float glu = std::min(tmp[t * kRowBlock + r] + b1[r], limit);
+                      const float lin = std::min(std::max(tmp[t * kRowBlock + r + 1] + b1[r + 1], -limit), limit);
+                      const float sig = 1.0f / (1.0f + std::exp(-alpha * glu));
+                      z[mxfp4_permuted_index((r0 + r) / 2)] = glu * sig * (lin + 1.0f);
+                    }
+                  }
+                });
 
   // --- 3. mlp2 ----------------------------------------------------------------------------
-  const int nb2 = I / kMxfp4Block, nrb2 = (H + kRowBlock - 1) / kRowBlock;
-  c.pool.parallel_for(int64_t(active.size()) * nrb2, [&](int64_t i0, int64_t i1) {
-    float tmp[kSimdMaxTokens * kRowBlock];
-    for (int64_t i = i0; i < i1; ++i) {
-      const int e = active[size_t(i / nrb2)];
-      const int r0 = int(i % nrb2) * kRowBlock, rows = std::min(kRowBlock, H - r0);
-      const size_t wrow = size_t(e) * H + r0;
-      const float* b2 = p.b2 + wrow;
-      for (int a0 = off[e]; a0 < off[e + 1]; a0 += kSimdMaxTokens) {
-        const int nt = std::min(kSimdMaxTokens, off[e + 1] - a0);
-        c.simd.gemv_mxfp4(p.w2_blocks + wrow * nb2 * kMxfp4BlockBytes, p.w2_scales + wrow * nb2, rows, nb2,
-                          zs + size_t(a0) * I, size_t(I), nt, tmp, kRowBlock);
-        for (int t = 0; t < nt; ++t) {
-          float* o = ye + size_t(a0 + t) * H + r0;
-          for (int r = 0; r < rows; ++r) o[r] = tmp[t * kRowBlock + r] + b2[r];
-        }
-      }
-    }
-  });
+  expert_matmul(p.w2_blocks, p.w2_scales, H, I / kMxfp4Block, zs, size_t(I),
+                [&](size_t wrow, int r0, int rows, int a0, int nt, const float* tmp) {
+                  const float* b2 = p.b2 + wrow;
+                  for (int t = 0; t < nt; ++t) {
+                    float* o = ye + size_t(a0 + t) * H + r0;
+                    for (int r = 0; r < rows; ++r) o[r] = tmp[t * kRowBlock + r] + b2[r];
+                  }
+                });
 
   // --- 4. out = sum_j w_j ye_j in slot order j = 0..k-1, then y += out (the reference's order) ----
   c.pool.parallel_for(T, [&](int64_t t0, int64_t t1) {
