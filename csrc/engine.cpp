@@ -630,10 +630,12 @@ Status Engine::forward(const BatchDesc& b, int rows, bool sample) {
   ep.ids = ws_.ints; ep.table = embed_; ep.out = ws_.x; ep.T = T; ep.H = H; ep.V = V;
   GPTOSS_RETURN_IF_ERROR(be.embed(ep));
 
+  // A decode step (one token per sequence: T == S) appends k/v inside attn_input, before attention.
+  // A longer chunk must append after attention: a later position of the chunk overwrites ring
+  // entries of the sliding layers that earlier queries of the same chunk still read.
+  const bool append_early = b.T == b.S;
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const LayerWeights& w = layers_[size_t(l)];
-    // Decode steps (one token per sequence) append k/v inside attn_input, before attention.
-    const bool append_early = b.T == b.S;
     AttnInputParams ai;
     RMSNormParams& np = ai.norm;
     np.x = ws_.x; np.ldx = H; np.w = w.attn_norm; np.out = ws_.xn; np.ldo = H; np.out_type = act;
