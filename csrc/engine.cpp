@@ -114,6 +114,18 @@ void yarn_tables(const ModelConfig& c, int positions, std::vector<float>* cos_t,
   }
 }
 
+// Element i of a BF16, F16 or F32 tensor's raw bytes, as f32 (unaligned-safe).
+float element_f32(DType t, const uint8_t* data, size_t i) {
+  if (t == DType::F32) {
+    float f;
+    std::memcpy(&f, data + 4 * i, 4);
+    return f;
+  }
+  uint16_t h;
+  std::memcpy(&h, data + 2 * i, 2);
+  return t == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+}
+
 void* offset_bytes(void* base, size_t bytes) { return static_cast<uint8_t*>(base) + bytes; }
 
 }  // namespace
@@ -206,34 +218,14 @@ Status Engine::load_weights(const std::vector<TensorRef>& tensors) {
     const size_t n = size_t(numel(r.shape));
     host_owned_.emplace_back(n * 2);
     bf16_t* dst = reinterpret_cast<bf16_t*>(host_owned_.back().data());
-    for (size_t i = 0; i < n; ++i) {
-      float f;
-      if (r.dtype == DType::F32) {
-        std::memcpy(&f, data + 4 * i, 4);
-      } else {
-        uint16_t h;
-        std::memcpy(&h, data + 2 * i, 2);
-        f = f16_to_f32(h);
-      }
-      dst[i] = f32_to_bf16(f);
-    }
+    for (size_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(element_f32(r.dtype, data, i));
     return dst;
   };
   auto to_f32 = [&](const TensorRef& r, const uint8_t* data, std::vector<float>* dst) {
     const size_t n = size_t(numel(r.shape));
-    size_t base = dst->size();
+    const size_t base = dst->size();
     dst->resize(base + n);
-    for (size_t i = 0; i < n; ++i) {
-      float f;
-      if (r.dtype == DType::F32) {
-        std::memcpy(&f, data + 4 * i, 4);
-      } else {
-        uint16_t h;
-        std::memcpy(&h, data + 2 * i, 2);
-        f = r.dtype == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
-      }
-      (*dst)[base + i] = f;
-    }
+    for (size_t i = 0; i < n; ++i) (*dst)[base + i] = element_f32(r.dtype, data, i);
   };
   auto place = [&](WeightKind kind, const void* host, size_t bytes, const std::vector<int64_t>& shape,
                    const std::string& name, const void** out) -> Status {
