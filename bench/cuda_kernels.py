@@ -8,6 +8,8 @@ bench/results/cuda_kernels_<device>.json.
 
     python bench/cuda_kernels.py [--reps 20] [--nvcc nvcc] [--out DIR]
     python bench/cuda_kernels.py --check     # correctness of every kernel path vs float64 host references
+
+GPT_OSS_C_FORCE_PORTABLE=1 selects the portable (sm_80) kernels on an H100/H200, as in the backend.
 """
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["bench/cuda_kernels_main.cu", "bench/cuda_kernels_check.cu", "cuda/dense_bf16.cu", "cuda/moe_mxfp4.cu", "cuda/expert_route.cu",
-           "cuda/mxfp4_layout.cu"]
+SOURCES = ["bench/cuda_kernels_main.cu", "bench/cuda_kernels_check.cu", "cuda/dense_bf16.cu", "cuda/moe_mxfp4.cu",
+           "cuda/moe_mxfp4_gemv.cu", "cuda/moe_mxfp4_gemm.cu", "cuda/moe_mxfp4_wgmma.cu", "cuda/expert_route.cu", "cuda/mxfp4_layout.cu"]
 
 
 def build(nvcc: str, exe: Path) -> None:

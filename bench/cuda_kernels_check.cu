@@ -17,6 +17,7 @@
 #include "backend.h"
 #include "dense_bf16.cuh"
 #include "moe_mxfp4.cuh"
+#include "moe_mxfp4_impl.cuh"
 
 using namespace gptoss;
 
@@ -132,10 +133,15 @@ void check_dense(cudaStream_t st, int T, int N, int K, DType yt, bool acc, bool 
 
 double fp4(uint8_t code) { return fp4_e2m1_value(code); }
 
+// Mirrors launch_moe_mxfp4's choice (moe_mxfp4.cu).
 std::string moe_path(int T, int k, int E) {
-  if (T * k <= 32 && k <= 8) return "per-slot decode";
-  const int avg = (T * k + E - 1) / E;
-  if (avg <= 4) return "grouped decode";
+  const int S = T * k;
+  if (S <= 512) {
+    const int active = std::min(S, E);
+    return (S + active - 1) / active <= 4 ? "gemv decode" : "gemv batch";
+  }
+  if (moe::wgmma_available()) return "wgmma";
+  const int avg = (S + E - 1) / E;
   return "gemm BM=" + std::to_string(avg <= 24 ? 32 : avg <= 64 ? 64 : 128);
 }
 
@@ -285,11 +291,15 @@ int run_checks(cudaStream_t st) {
     check_dense(st, 100, 5120, 2880, DType::BF16, false, true);
   }
 
+  // gemv decode / batch (T * k <= 512: one expert's tokens in 1 or several passes, odd K tails),
+  // the mma.sync GEMM's three token tiles, gpt-oss-20b and 120b-like expert counts.
   const struct { int T, E, k, H, I; } mshapes[] = {
-      {1, 32, 4, 2880, 2880}, {8, 32, 4, 2880, 2880}, {1, 32, 4, 96, 160},  {3, 32, 4, 160, 96},
-      {17, 8, 4, 96, 160},    {100, 8, 4, 160, 96},   {129, 8, 4, 256, 256}, {300, 4, 2, 96, 96},
-      {64, 32, 4, 256, 256},  {2048, 32, 4, 128, 64}, {5, 256, 8, 64, 32},  {40, 8, 2, 32, 64},
-      {7, 4, 3, 96, 64},      {2, 16, 1, 64, 96},     {20, 64, 2, 96, 160}, {10, 8, 3, 64, 32}};
+      {1, 32, 4, 2880, 2880}, {8, 32, 4, 2880, 2880}, {64, 32, 4, 2880, 2880}, {1, 128, 4, 2880, 2880},
+      {1, 32, 4, 96, 160},    {3, 32, 4, 160, 96},    {17, 8, 4, 96, 160},     {100, 8, 4, 160, 96},
+      {128, 2, 2, 96, 160},   {128, 32, 4, 256, 256}, {129, 8, 4, 256, 256},   {300, 4, 2, 96, 96},
+      {160, 64, 4, 96, 160},  {300, 32, 4, 160, 96},  {64, 128, 4, 256, 256},  {2048, 32, 4, 128, 64},
+      {5, 256, 8, 64, 32},    {40, 8, 2, 32, 64},     {7, 4, 3, 96, 64},       {2, 16, 1, 64, 96},
+      {20, 64, 2, 96, 160},   {10, 8, 3, 64, 32}};
   for (const auto& m : mshapes) check_moe(st, m.T, m.E, m.k, m.H, m.I);
   cudaFree(g_dense_ws.ptr);
   std::printf("%d failure(s)\n", g_failures);

@@ -12,12 +12,22 @@
 #include <vector>
 
 #include "backend.h"
+#include "cuda_backend.cuh"
 #include "cuda_check.cuh"
 #include "dense_bf16.cuh"
 #include "moe_mxfp4.cuh"
 #include "mxfp4_layout.cuh"
 
 using namespace gptoss;
+
+namespace gptoss {
+// The backend's GPT_OSS_C_FORCE_PORTABLE switch (defined in cuda/cuda_backend.cu, which this
+// standalone binary does not link).
+bool cuda_force_portable() {
+  const char* v = std::getenv("GPT_OSS_C_FORCE_PORTABLE");
+  return v != nullptr && std::string(v) == "1";
+}
+}  // namespace gptoss
 
 #define CHECK_CUDA(x)                                                                 \
   do {                                                                                \
@@ -238,8 +248,10 @@ int main(int argc, char** argv) {
 
   // ---- MoE ----
   struct MoeCase { int T, E, k, H, I; };
-  const MoeCase moes[] = {{1, 32, 4, 2880, 2880},   {8, 32, 4, 2880, 2880},   {64, 32, 4, 2880, 2880},
-                          {2048, 32, 4, 2880, 2880}, {1, 128, 4, 2880, 2880}, {2048, 128, 4, 2880, 2880}};
+  const MoeCase moes[] = {{1, 32, 4, 2880, 2880},    {2, 32, 4, 2880, 2880},   {8, 32, 4, 2880, 2880},
+                          {16, 32, 4, 2880, 2880},   {32, 32, 4, 2880, 2880},  {64, 32, 4, 2880, 2880},
+                          {128, 32, 4, 2880, 2880},  {512, 32, 4, 2880, 2880}, {2048, 32, 4, 2880, 2880},
+                          {1, 128, 4, 2880, 2880},   {64, 128, 4, 2880, 2880}, {2048, 128, 4, 2880, 2880}};
   for (const MoeCase& c : moes) {
     const int64_t s1[4] = {c.E, 2 * c.I, c.H / 32, 16}, s2[4] = {c.E, c.H, c.I / 32, 16};
     size_t b1b, b1s, b2b, b2s;

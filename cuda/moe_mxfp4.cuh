@@ -20,22 +20,25 @@
 // (the k permutation of mma_sm80.cuh). Word s = 2h + q holds step s: with base = 64j + 32h + 8c + 4q,
 //     a0a1 = row r   at base+0, base+1        a2a3 = row r+8 at base+0, base+1
 //     a4a5 = row r   at base+2, base+3        a6a7 = row r+8 at base+2, base+3
-// and the 4-bit codes sit at bit positions chosen so each bf16x2 register is a shift and a mask
+// and the 4-bit codes sit at bit positions chosen so each bf16x2 register is a rotate and a mask
 // away (mxfp4_layout.cuh: bf16 bits sign << 15 | (code & 7) << 6 = fp4 * 2^-126, exact):
-//     a0a1 = (u << 6) & 0x81C081C0    a2a3 = (u << 3) & 0x81C081C0    a4a5 = u & 0x81C081C0
-//     a6a7 = ((u >> 4) & 0x00C000C0) | ((u >> 5) & 0x01000100) | ((u << 1) & 0x80008000)
-// followed by one bf16x2 multiply by 2^126. Same byte count as the checkpoint (plus the pad).
+//     a0a1 = u & 0x81C081C0    a2a3 = rotl(u, 4) & 0x81C081C0    a4a5 = rotl(u, 10) & 0x81C081C0
+//     a6a7 = (rotl(u, 6) & 0x80C080C0) | (rotl(u, 14) & 0x01000100)
+// followed by bf16x2 multiplies by the scale (dequant_steps in moe_mxfp4_impl.cuh: one multiply by
+// 2^(s-1) when every scale byte is < 128). Same byte count as the checkpoint (plus the pad).
 // scales -> [E * R/16 tiles][Kc][8 rows r][4 bytes]: (row r, block 2j), (row r+8, block 2j),
 // (row r, block 2j+1), (row r+8, block 2j+1); a lane reads its 4 bytes with one 32-bit load.
 //
 // ---- The op -----------------------------------------------------------------------------------
-// Decode steps (T * k <= 32) run two kernels: mlp1 + SwiGLU per slot, then mlp2 fused with the
-// weighted, slot-ordered sum onto y. Larger steps: expert_route.cu sorts the (token, slot) pairs by expert (stable, deterministic) and
-// cuts each expert's rows into tiles; mlp1 (+ bias + clamped SwiGLU, z in bf16 [T*k][I] in sorted
-// order) and mlp2 (+ bias, times the routing weight, into an f32 partial [T*k][H] per slot) run as
-// grouped tensor-core GEMMs over those tiles; a combine kernel adds the k partials of each token
-// onto the residual in slot order. Few rows per expert (decode) use a split-K GEMV-like kernel over
-// 16-row tiles; many rows (prefill) a 128-row x BM-token tiled kernel with a cp.async pipeline.
+// Steps with T * k <= 512 slots (decode, batched decode): two launches of the grouped GEMV
+// (moe_mxfp4_gemv.cu): each block finds its active expert and that expert's slots, stages its
+// weight rows once in shared memory (cp.async) and multiplies them with all of the expert's tokens
+// on tensor cores; mlp1 writes z (bf16, [T*k][I] by slot), mlp2 writes weighted partial rows and
+// the last block of each row group adds them onto y in slot order. Larger steps: expert_route.cu
+// sorts the slots by expert (stable) and cuts tiles; mlp1 and mlp2 run as grouped GEMMs over the
+// tiles (moe_mxfp4_wgmma.cu with wgmma on sm_90a, moe_mxfp4_gemm.cu with mma.sync elsewhere), then
+// expert_combine adds the k partials of each token in slot order.
+// Kernel internals: moe_mxfp4_impl.cuh.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -25,12 +25,15 @@ GPTOSS_HD int mxfp4_tile_row(int rho) { return rho < 8 ? 2 * rho : 2 * (rho - 8)
 
 // Bit positions of the 4 code bits (mantissa, e0, e1, sign) of element `half` (0: lower k, 1:
 // upper k) of A register `reg` (0: a0a1, 1: a2a3, 2: a4a5, 3: a6a7) inside a packed 32-bit word.
-// Registers 0..2 are the 0x81C081C0 pattern shifted right by 6, 3 and 0; register 3 takes the 8
-// bits left over, recovered with three shift-and-mask pieces (see mxfp4_unpack_word).
+// A register needs its 8 code bits at the bf16 positions M = 0x81C081C0 (bits 6, 7, 8, 15 and
+// +16). Registers 0..2 hold M rotated right by 0, 4 and 10 (unpacked by a rotate and a mask:
+// 1 + 2 + 2 integer ops); register 3 takes the 8 bits left over, in two pieces rotated right by 6
+// and 14 (4 ops). 9 integer ops per word: the decode kernels are bound by the integer pipe, and no
+// assignment lets all four registers be a single rotate-and-mask (exhaustive search).
 GPTOSS_HD int mxfp4_bit_pos(int reg, int half, int bit) {
-  // Positions for the lower half; the upper half is +16.
-  const int lo[4][4] = {{0, 1, 2, 9}, {3, 4, 5, 12}, {6, 7, 8, 15}, {10, 11, 13, 14}};
-  return lo[reg][bit] + 16 * half;
+  // Positions for the lower half; the upper half is +16 (mod 32).
+  const int lo[4][4] = {{6, 7, 8, 15}, {2, 3, 4, 11}, {28, 29, 30, 5}, {0, 1, 26, 9}};
+  return (lo[reg][bit] + 16 * half) & 31;
 }
 
 // Packs 8 FP4 codes: code[reg][half] (4 bits each, checkpoint encoding).
@@ -42,15 +45,49 @@ GPTOSS_HD uint32_t mxfp4_pack_word(const uint8_t code[4][2]) {
   return u;
 }
 
+// u rotated left by t (0 < t < 32): one funnel shift on the GPU.
+GPTOSS_HD uint32_t mxfp4_rotl(uint32_t u, int t) {
+#ifdef __CUDA_ARCH__
+  return __funnelshift_l(u, u, t);
+#else
+  return (u << t) | (u >> (32 - t));
+#endif
+}
+
 // Unpacks a word into 4 bf16x2 registers holding fp4 * 2^-126 (bf16 bits sign << 15 |
 // (code & 7) << 6: exponent field e1e0, mantissa msb m, which is exact including the e = 0
-// subnormal code 0.5). One bf16x2 multiply by 2^126 then gives the exact FP4 values.
+// subnormal code 0.5). A bf16 multiply by the scale (times 2^126) then gives the exact weights.
 GPTOSS_HD void mxfp4_unpack_word(uint32_t u, uint32_t out[4]) {
   const uint32_t m = 0x81C081C0u;
-  out[0] = (u << 6) & m;
-  out[1] = (u << 3) & m;
-  out[2] = u & m;
-  out[3] = ((u >> 4) & 0x00C000C0u) | ((u >> 5) & 0x01000100u) | ((u << 1) & 0x80008000u);
+  out[0] = u & m;
+  out[1] = mxfp4_rotl(u, 4) & m;
+  out[2] = mxfp4_rotl(u, 10) & m;
+  out[3] = (mxfp4_rotl(u, 6) & 0x80C080C0u) | (mxfp4_rotl(u, 14) & 0x01000100u);
+}
+
+// __byte_perm on the GPU: byte n of the result is byte (s >> 4n) & 7 of the 8 bytes {y, x} (x low).
+GPTOSS_HD uint32_t mxfp4_byte_perm(uint32_t x, uint32_t y, uint32_t s) {
+#ifdef __CUDA_ARCH__
+  return __byte_perm(x, y, s);
+#else
+  const uint64_t v = uint64_t(y) << 32 | x;
+  uint32_t r = 0;
+  for (int n = 0; n < 4; ++n) r |= uint32_t((v >> (8 * ((s >> (4 * n)) & 7))) & 0xffu) << (8 * n);
+  return r;
+#endif
+}
+
+// The bf16 pairs (2^(s_i-1), 2^(s_i-1)) for the 4 scale bytes s_i of a packed scale word, all
+// s_i < 128: the exponent field s_i + 126 in bits 7..14 and 23..30 (a carry-free byte add, then
+// byte i into bytes 1 and 3, shifted right by one). Times an unpacked register (fp4 * 2^-126,
+// above) it gives the dequantised weight fp4 * 2^(s-127) in one exact multiply; for s >= 128,
+// 2^(s-1) is not a bf16 and the kernels multiply by 2^126 and 2^(s-127) instead.
+GPTOSS_HD void mxfp4_scale_muls_bf16x2(uint32_t packed, uint32_t m[4]) {
+  const uint32_t v = packed + 0x7E7E7E7Eu;
+  m[0] = mxfp4_byte_perm(v, 0u, 0x0404u) >> 1;
+  m[1] = mxfp4_byte_perm(v, 0u, 0x1414u) >> 1;
+  m[2] = mxfp4_byte_perm(v, 0u, 0x2424u) >> 1;
+  m[3] = mxfp4_byte_perm(v, 0u, 0x3434u) >> 1;
 }
 
 // Byte offsets of tile `tile` (global over experts: e * R/16 + row tile), chunk j.

@@ -58,6 +58,35 @@ static void test_word_round_trip() {
   }
 }
 
+// The one-multiply scale path: for s < 128 both halves of each mxfp4_scale_muls_bf16x2 are 2^(s-1), and
+// times an unpacked register (fp4 * 2^-126) the product fp4 * 2^(s-127) is an exact bf16 (so the
+// GPU's rounded bf16 multiply returns it unchanged), subnormal results (s <= 1) included.
+static void test_scale_multiplier() {
+  for (uint32_t s = 0; s < 128; ++s) {
+    const uint32_t bytes[4] = {(s * 37u + 11u) & 127u, 127u - s % 7, s, (s + 64u) & 127u};  // s in byte 2
+    uint32_t muls[4];
+    mxfp4_scale_muls_bf16x2(bytes[0] | bytes[1] << 8 | bytes[2] << 16 | bytes[3] << 24, muls);
+    for (int i = 0; i < 4; ++i) {
+      const double want_i = std::ldexp(1.0, int(bytes[i]) - 1);
+      CHECK(double(bf16_to_f32(uint16_t(muls[i]))) == want_i && double(bf16_to_f32(uint16_t(muls[i] >> 16))) == want_i,
+            "scale byte %u (position %d): multiplier %08x is not 2^(s-1)", bytes[i], i, muls[i]);
+    }
+    const double want_m = std::ldexp(1.0, int(s) - 1);
+    for (int code = 0; code < 16; ++code) {
+      uint8_t codes[4][2] = {{uint8_t(code), uint8_t(15 - code)}, {0, 0}, {0, 0}, {0, 0}};
+      uint32_t out[4];
+      mxfp4_unpack_word(mxfp4_pack_word(codes), out);
+      for (int half = 0; half < 2; ++half) {
+        const double prod = double(bf16_to_f32(uint16_t(out[0] >> (16 * half)))) * want_m;
+        const double want = fp4_e2m1_value(codes[0][half]) * std::ldexp(1.0, int(s) - 127);
+        const double as_bf16 = double(bf16_to_f32(f32_to_bf16(float(prod))));
+        CHECK(prod == want && as_bf16 == prod, "code %d scale byte %u: %g x 2^(s-1) = %g, want %g (bf16 %g)",
+              codes[0][half], s, double(bf16_to_f32(uint16_t(out[0] >> (16 * half)))), prod, want, as_bf16);
+      }
+    }
+  }
+}
+
 static void test_tile_rows() {
   std::vector<int> seen(16, 0);
   for (int rho = 0; rho < 16; ++rho) seen[mxfp4_tile_row(rho)]++;
@@ -132,14 +161,58 @@ static void test_replay(int R, int G, uint32_t seed) {
     CHECK(got[row] == ref[row], "R=%d G=%d row %d: replay %.17g vs checkpoint %.17g", R, G, row, got[row], ref[row]);
 }
 
+// The wgmma path (cuda/moe_mxfp4_wgmma.cu) writes the dequantised tile into shared memory in
+// natural k order: lane (r, c) stores, for h = 0, 1 and par = 0, 1, the 16 bytes of tile row
+// 2r + par at k = 64j + 32h + 8c + 0..7 as registers {A[2h][par], A[2h][2 + par], A[2h + 1][par],
+// A[2h + 1][2 + par]} of the unpacked words. Rebuild every tile row that way (lanes with odd r
+// first swap their words 0,1 <-> 2,3, as the kernel does, and store h' = h ^ 1) and compare
+// with the checkpoint codes.
+static void test_natural_order_pieces(int G, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int chunks = mxfp4_chunks(G);
+  std::vector<uint8_t> blocks(size_t(16) * G * 16);
+  for (auto& b : blocks) b = uint8_t(rng());
+  std::vector<double> tile(size_t(16) * chunks * 64, -99.0);
+  for (int j = 0; j < chunks; ++j)
+    for (int lane = 0; lane < 32; ++lane) {
+      const int r = lane / 4, c = lane % 4;
+      uint32_t w[4];
+      mxfp4_pack_lane(&blocks[size_t(mxfp4_tile_row(r)) * G * 16], &blocks[size_t(mxfp4_tile_row(r + 8)) * G * 16], G, j, c, w);
+      const bool odd = r & 1;
+      if (odd) std::swap(w[0], w[2]), std::swap(w[1], w[3]);
+      uint32_t A[4][4];
+      for (int s = 0; s < 4; ++s) mxfp4_unpack_word(w[s], A[s]);
+      for (int hl = 0; hl < 2; ++hl)
+        for (int par = 0; par < 2; ++par) {
+          const int h = hl ^ int(odd), row = 2 * r + par;
+          const uint32_t piece[4] = {A[2 * hl][par], A[2 * hl][2 + par], A[2 * hl + 1][par], A[2 * hl + 1][2 + par]};
+          for (int e = 0; e < 8; ++e)
+            tile[(size_t(row) * chunks + j) * 64 + 32 * h + 8 * c + e] = unpacked_value(piece[e / 2], e % 2);
+        }
+    }
+  for (int row = 0; row < 16; ++row)
+    for (int k = 0; k < chunks * 64; ++k) {
+      double want = 0.0;  // pad half of a last half chunk: zero codes
+      if (k < 32 * G) {
+        const uint8_t byte = blocks[(size_t(row) * G + k / 32) * 16 + (k % 32) / 2];
+        want = fp4_e2m1_value(k % 2 ? byte >> 4 : byte & 15u);
+      }
+      const double got = tile[(size_t(row) * chunks + k / 64) * 64 + k % 64];
+      CHECK(got == want, "G=%d row %d k %d: natural-order piece holds %g, checkpoint %g", G, row, k, got, want);
+    }
+}
+
 int main() {
   test_bit_positions_partition();
   test_word_round_trip();
+  test_scale_multiplier();
   test_tile_rows();
   test_replay(16, 1, 11);   // one half chunk
   test_replay(32, 3, 12);   // one full + one half chunk
   test_replay(48, 4, 13);   // two full chunks
   test_replay(64, 90, 14);  // gpt-oss K = 2880
+  test_natural_order_pieces(1, 21);
+  test_natural_order_pieces(90, 22);
   if (failures) {
     std::printf("test_mxfp4_layout: %d failures\n", failures);
     return 1;

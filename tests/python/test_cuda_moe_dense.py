@@ -19,6 +19,8 @@ Tolerances (bf16 activations on CUDA: the binding rounds x to bf16 before upload
 """
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -157,13 +159,21 @@ def test_dense_is_deterministic():
 # ---------------------------------------------------------------------------------------------
 
 
+GEMV_MAX_SLOTS = 512  # moe_mxfp4_impl.cuh kGemvMaxSlots
+
+
 def moe_path(T, k, E):
-    if T * k <= 32 and k <= 8:
-        return "bf16_mxfp4w_moe_gemv per slot + bf16_mxfp4w_moe_down_combine (decode)"
-    avg = -(-T * k // E)
-    if avg <= 4:
-        return "expert route + bf16_mxfp4w_moe_gemv (grouped decode)"
-    return f"bf16_mxfp4w_moe_gemm BM={32 if avg <= 24 else 64 if avg <= 64 else 128}"
+    """The kernel path launch_moe_mxfp4 takes (moe_mxfp4.cu), for test names and messages."""
+    S = T * k
+    if S <= GEMV_MAX_SLOTS:
+        shape = "decode" if -(-S // min(S, E)) <= 4 else "batch"
+        return f"bf16_mxfp4w_moe_gemv {shape} (grouped GEMV, fused combine)"
+    if os.environ.get("GPT_OSS_C_FORCE_PORTABLE") != "1":
+        gemm = "bf16_mxfp4w_moe_wgmma on sm_90a, else bf16_mxfp4w_moe_gemm"
+    else:
+        gemm = "bf16_mxfp4w_moe_gemm (forced portable)"
+    avg = -(-S // E)
+    return f"expert route + {gemm} BM={128 if 'wgmma' in gemm else 32 if avg <= 24 else 64 if avg <= 64 else 128} + combine"
 
 
 def moe_inputs(T, E, k, H, I, *, expert_idx=None, seed=0):
@@ -210,18 +220,33 @@ def test_moe_decode(T, H, I):
     moe_case(T, 32, 4, H, I)
 
 
-# Tensor-core tiles: BM = 32 (T=17 -> 9 rows per expert), 64 (T=100 -> 50), 128 (T=129 -> 65).
-@pytest.mark.parametrize("T", [17, 100, 129])
+# Grouped GEMV with several tokens per expert: T=17 and 100 over 8 experts (9 and 50 per expert:
+# batch shape, 1 and 4 passes of 16 columns), T=128 over 2 experts (256 rows each: 16 passes).
+@pytest.mark.parametrize("T,E,k", [(17, 8, 4), (100, 8, 4), (128, 2, 2)])
 @pytest.mark.parametrize("H,I", [(96, 160), (160, 96)])
-def test_moe_tiles(T, H, I):
-    moe_case(T, 8, 4, H, I)
+def test_moe_gemv_passes(T, E, k, H, I):
+    moe_case(T, E, k, H, I)
+
+
+# Routed GEMM tiles (T * k > 512): BM = 32 (T=160 over 64 experts -> 10 rows each), 64 (T=300 over
+# 32 -> 38), 128 (T=129 over 4 -> 129).
+@pytest.mark.parametrize("T,E", [(160, 64), (300, 32), (129, 4)])
+@pytest.mark.parametrize("H,I", [(96, 160), (160, 96)])
+def test_moe_tiles(T, E, H, I):
+    moe_case(T, E, 4, H, I)
 
 
 def test_moe_gpt_oss_20b_shapes_decode_and_prefill():
-    moe_case(1, 32, 4, 2880, 2880, vs_cpu=True)     # decode
-    moe_case(8, 32, 4, 2880, 2880)                   # batch-8 decode
-    moe_case(64, 32, 4, 2880, 2880)                  # batch-64 decode: BM = 32 tiles
-    moe_case(129, 32, 4, 2880, 2880, vs_cpu=True)    # BM = 32, 16 rows per expert on average
+    moe_case(1, 32, 4, 2880, 2880, vs_cpu=True)     # decode: gemv decode shape
+    moe_case(8, 32, 4, 2880, 2880)                   # batch-8 decode: gemv decode shape
+    moe_case(64, 32, 4, 2880, 2880)                  # batch-64 decode: gemv batch shape
+    moe_case(128, 32, 4, 2880, 2880)                 # 512 slots: the last gemv step
+    moe_case(129, 32, 4, 2880, 2880, vs_cpu=True)    # 516 slots: routed GEMM, BM = 32
+
+
+def test_moe_gpt_oss_120b_expert_count():
+    moe_case(1, 128, 4, 2880, 2880)    # decode over 128 experts
+    moe_case(64, 128, 4, 256, 512)     # batch-64: ~2 tokens per active expert
 
 
 def test_moe_prefill_2048_hundreds_per_expert():
@@ -229,18 +254,20 @@ def test_moe_prefill_2048_hundreds_per_expert():
     moe_case(2048, 128, 4, 256, 512)  # 120b-like E: 64 rows per expert, BM = 64
 
 
-# (5, 256, 8): 40 slots -> grouped decode; (7, 4, 3) and (2, 16, 1): per-slot with shared experts
-# and with k = 1 (8 warps on one slot); (11, 8, 3): k = 3 leaves 2 of the 8 warps idle.
+# (300, 4, 2) and (257, 2, 2): routed GEMM with few experts; (64, 128, 4): gemv over 128 experts;
+# (5, 256, 8): 40 slots over 256 experts; (7, 4, 3) and (2, 16, 1): gemv with shared experts and
+# k = 1; (10, 8, 3): k = 3.
 @pytest.mark.parametrize("T,E,k", [(300, 4, 2), (257, 2, 2), (64, 128, 4), (5, 256, 8), (7, 4, 3), (2, 16, 1), (10, 8, 3)])
 def test_moe_expert_counts(T, E, k):
     moe_case(T, E, k, 96, 96)
 
 
 def test_moe_skewed_routing_multi_tile_experts():
-    # Every token picks experts 0 and 1: one expert holds all T rows -> several token tiles, the
-    # last partial, on the grouped decode path (20 rows = 8 + 8 + 4) and the BM = 32 path (40 rows
-    # = 32 + 8); and on the per-slot path, 7 slots share each expert.
-    for T, E in ((20, 64), (40, 8), (7, 64)):
+    # Every token picks experts 0 and 1: one expert holds all T rows -> several passes over the
+    # weights in shared memory, the last partial: gemv decode shape (20 rows = 8 + 8 + 4), gemv
+    # batch shape (40 rows = 16 + 16 + 8), 7 slots sharing each expert; and 300 rows each on the
+    # routed GEMM (600 slots over 8 experts: BM = 128, 128 + 128 + 44).
+    for T, E in ((20, 64), (40, 8), (7, 64), (300, 8)):
         idx = np.tile(np.array([[0, 1]], np.int32), (T, 1))
         moe_case(T, E, 2, 96, 160, expert_idx=idx)
     # Duplicates within a token are allowed by the op: both slots count.
@@ -254,9 +281,11 @@ def test_moe_cuda_matches_cpu_small():
 
 
 def test_moe_is_deterministic():
-    for T in (3, 129):
-        args, y0, out = moe_case(T, 8, 4, 96, 160)
-        for _ in range(2):
+    # gemv (the combine is done by whichever block of a row group arrives last: the arithmetic
+    # must not depend on which), including 32 experts per row group; routed GEMM.
+    for T, E in ((3, 8), (64, 32), (129, 8)):
+        args, y0, out = moe_case(T, E, 4, 96, 160)
+        for _ in range(3):
             np.testing.assert_array_equal(ops.moe(*args, y0, device="cuda"), out)
 
 
@@ -279,14 +308,25 @@ def scale_case(T, scale_bytes):
     check(out, exact, 2.0**-7 * mag, f"moe {moe_path(T, 1, E)} scale bytes {scale_bytes}")
 
 
-# T = 1: per-slot decode kernels (f32 scale on the k32 partial sums); T = 40: BM = 32 tiles
-# (scale folded into the bf16 A operand).
-@pytest.mark.parametrize("T", [1, 40])
+# Scale bytes >= 128 take dequant_steps' two-multiply path, the others one multiply by 2^(s-1):
+# T = 1 (gemv decode), T = 40 (gemv batch), T = 600 (routed GEMM, 600 slots on one expert).
+@pytest.mark.parametrize("T", [1, 40, 600])
 def test_moe_scale_bytes_across_the_range(T):
     scale_case(T, [7, 20, 60, 100, 127, 150, 180, 200])
 
 
-@pytest.mark.parametrize("T", [1, 40])
+@pytest.mark.parametrize("T", [1, 40, 600])
 def test_moe_subnormal_scales(T):
     # 2^-127 (byte 0) and 2^-126: on the tensor-core path the A operand is a bf16 subnormal.
     scale_case(T, [0, 1, 2, 3, 127])
+
+
+@pytest.mark.skipif(os.environ.get("GPT_OSS_C_FORCE_PORTABLE") == "1", reason="this is the portable run")
+def test_moe_portable_kernels_in_a_child_process():
+    # GPT_OSS_C_FORCE_PORTABLE=1 is read once per process: a child reruns the MoE path tests with
+    # the mma.sync GEMM instead of wgmma, and the gemv without programmatic dependent launch.
+    env = dict(os.environ, GPT_OSS_C_FORCE_PORTABLE="1")
+    sel = "moe_decode or moe_gemv_passes or moe_tiles or moe_expert_counts or moe_skewed or moe_scale or moe_subnormal or moe_is_det"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", sel], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"portable MoE kernels failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"

@@ -1,0 +1,213 @@
+// Internals of the MXFP4 MoE (cuda/moe_mxfp4.cu dispatches; the public interface and the weight
+// layout are in moe_mxfp4.cuh): the argument structs and launchers of the three kernel families,
+// one file each, and the device helpers they share (exact FP4 dequantisation into mma A
+// fragments, the clamped SwiGLU, programmatic dependent launch).
+//   moe_mxfp4_gemv.cu   grouped GEMV: decode and batched decode (T * k <= kGemvMaxSlots), no routing pass
+//   moe_mxfp4_gemm.cu   tiled mma.sync GEMM over expert_route tiles (prefill; the sm_80 path)
+//   moe_mxfp4_wgmma.cu  the same GEMM with wgmma on sm_90a
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common.h"
+#include "mma_sm80.cuh"
+#include "mxfp4_layout.cuh"
+
+namespace gptoss {
+namespace moe {
+
+// ---------------------------------------------------------------------------------------------
+// Device helpers
+// ---------------------------------------------------------------------------------------------
+constexpr uint32_t kBf16x2Two126 = 0x7E807E80u;  // (2^126, 2^126)
+
+// a * b on bf16 pairs, round-to-nearest; exact for the power-of-two products below (subnormal
+// bf16 inputs and results included: bf16 fma has no flush-to-zero).
+__device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(0x80008000u));
+  return d;
+}
+
+__device__ __forceinline__ uint32_t scale_byte(uint32_t packed, int i) { return (packed >> (8 * i)) & 0xffu; }
+
+// 2^(s-127) as a bf16 pair (s = 0: the bf16 subnormal 2^-127; s = 255: inf, as e8m0_to_f32).
+__device__ __forceinline__ uint32_t scale_bf16x2(uint32_t s) {
+  const uint32_t b = s ? s << 7 : 0x40u;
+  return b | (b << 16);
+}
+
+// True when every scale byte of the warp's packed scale words is < 128 (real and synthetic
+// checkpoints: scales ~2^-7), so that one bf16 multiply by 2^(s-1) (mxfp4_scale_muls_bf16x2) turns
+// an unpacked register (fp4 * 2^-126) into the weight fp4 * 2^(s-127). Otherwise two multiplies,
+// by 2^126 and by 2^(s-127). All products are exact (2-bit significands, bf16 subnormals kept),
+// so both ways give identical bits. Warp-uniform; all 32 lanes must call it.
+__device__ __forceinline__ bool scales_fast(uint32_t sw) { return !__any_sync(0xffffffffu, sw & 0x80808080u); }
+
+// The A fragments of NW consecutive mma k16 steps s0 .. s0 + NW - 1 of a chunk (steps 2h, 2h + 1 lie
+// in MXFP4 block 2j + h) from the lane's 16 code bytes `w` and packed scale word `sw`
+// (mxfp4_layout.cuh): A[q] = step s0 + q = word s0 + q. Register i holds row r (i even) or r + 8
+// (i odd), whose scale is byte 2h + (i & 1). The branch is taken once per call (warp-uniform).
+template <int NW>
+__device__ __forceinline__ void dequant_steps(const uint4& w, uint32_t sw, int s0, bool fast, uint32_t (&A)[NW][4]) {
+  uint32_t m[4];
+  if (fast) {
+    mxfp4_scale_muls_bf16x2(sw, m);
+#pragma unroll
+    for (int q = 0; q < NW; ++q) {
+      uint32_t o[4];
+      mxfp4_unpack_word(tc::word(w, s0 + q), o);
+      const int b = 2 * ((s0 + q) >> 1);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) A[q][i] = bf16x2_mul(o[i], m[b + (i & 1)]);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) m[i] = scale_bf16x2(scale_byte(sw, i));
+#pragma unroll
+    for (int q = 0; q < NW; ++q) {
+      uint32_t o[4];
+      mxfp4_unpack_word(tc::word(w, s0 + q), o);
+      const int b = 2 * ((s0 + q) >> 1);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) A[q][i] = bf16x2_mul(bf16x2_mul(o[i], kBf16x2Two126), m[b + (i & 1)]);
+    }
+  }
+}
+
+// All four steps of the chunk: A[s] = step s.
+__device__ __forceinline__ void dequant_chunk(const uint4& w, uint32_t sw, uint32_t (&A)[4][4]) {
+  dequant_steps<4>(w, sw, 0, scales_fast(sw), A);
+}
+
+// The reference's clamped SwiGLU with NaN-propagating clamps (torch.clamp keeps NaN):
+// a = min(glu, limit), l = clamp(lin, -limit, limit), a * sigmoid(alpha a) * (l + 1).
+__device__ __forceinline__ float swiglu(float glu, float lin, float alpha, float limit) {
+  const float a = glu > limit ? limit : glu;
+  const float l = lin > limit ? limit : (lin < -limit ? -limit : lin);
+  return a / (1.0f + __expf(-alpha * a)) * (l + 1.0f);
+}
+
+// Programmatic dependent launch (sm_90): the dependent kernel may start while this one runs and
+// must call pdl_wait() before touching anything this one writes. No-ops when the kernel was not
+// launched with the attribute, and compiled out for older architectures.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+// 16 bytes from L2, bypassing L1: for data a still-running grid publishes (read after an acquire
+// of its ready flag), which a stale L1 line must not shadow.
+__device__ __forceinline__ uint4 ldg_cg_128(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+
+// Flag hand-off between concurrently running grids (gpu scope).
+__device__ __forceinline__ int ld_acquire_gpu(const int32_t* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_release_gpu(int32_t* p, int v) {
+  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host helpers
+// ---------------------------------------------------------------------------------------------
+// Compute capability major of the current device (0 if it cannot be queried).
+int device_cc_major();
+// Programmatic dependent launch is used on sm_90+ unless GPT_OSS_C_FORCE_PORTABLE=1.
+bool use_pdl();
+// Sets the kernel's dynamic shared memory limit to the device's opt-in maximum (once per kernel
+// and process) and checks that `bytes` fits under it.
+Status ensure_smem(const void* kernel, size_t bytes, const char* name);
+
+// ---------------------------------------------------------------------------------------------
+// Grouped GEMV: decode and batched decode (moe_mxfp4_gemv.cu)
+// ---------------------------------------------------------------------------------------------
+// Steps with at most this many slots (T * k) take the grouped GEMV path (no routing pass: every
+// block finds its expert and that expert's slots itself).
+constexpr int kGemvMaxSlots = 512;
+
+// Block shapes: kDecode while most active experts see one token (T * k small), kBatch for
+// batched decode (several tokens per expert; weights re-used from shared memory across tokens).
+enum class GemvShape { kDecode, kBatch };
+
+struct GemvArgs {
+  const int32_t* expert_idx = nullptr;  // [S] (S = T * k)
+  const float* expert_w = nullptr;      // [S]
+  int T = 0, k = 0, E = 0;
+  const bf16_t* act = nullptr;          // B operand: mlp1 x [T][ld_act] (row = slot / k); mlp2 z [S][I]
+  int ld_act = 0;
+  const uint8_t* wb = nullptr;          // packed codes (device layout)
+  const uint8_t* ws = nullptr;          // packed scales
+  const float* bias = nullptr;          // [E][R]
+  int R = 0, K = 0;                     // rows (2I or H) and reduction length (H or I)
+  bf16_t* z = nullptr;                  // mlp1 output [S][I] (slot order)
+  int I = 0;
+  float alpha = 1.702f, limit = 7.0f;
+  float* partial = nullptr;             // mlp2 output [S][H] (slot order), weighted
+  float* y = nullptr;                   // residual [T][ldy]
+  int ldy = 0;
+  int32_t* counters = nullptr;          // arrivals per mlp2 row group (mlp2 reads, mlp1 zeroes)
+  int n_counters = 0;                   // gemv_row_groups(H, shape)
+  int32_t* ready = nullptr;             // [expert rank][ready_stride]: mlp1 row group's z is written
+  int ready_stride = 0;                 // gemv_row_groups(2I, shape) (mlp1's grid.x)
+  int z_group_units = 0;                // z columns per mlp1 row group (mlp2)
+};
+
+// Number of row groups (blocks along x) for R rows, and rows per group.
+int gemv_row_groups(int R, GemvShape shape);
+int gemv_group_rows(GemvShape shape);
+// mlp1 (+ SwiGLU into z; also zeroes the counters of the following mlp2) or mlp2 (+ bias, routing
+// weight, and the slot-ordered combine onto y by the last block of each row group). mlp2 with
+// `pdl` overlaps its weight loads with the end of mlp1.
+Status launch_gemv(const GemvArgs& a, bool mlp1, GemvShape shape, bool pdl, cudaStream_t stream);
+
+// ---------------------------------------------------------------------------------------------
+// Tiled GEMM over expert_route tiles (moe_mxfp4_gemm.cu: mma.sync; moe_mxfp4_wgmma.cu: sm_90a)
+// ---------------------------------------------------------------------------------------------
+struct GemmArgs {
+  const bf16_t* act = nullptr;  // mlp1: x [T][ld_act] gathered by token; mlp2: z [T*k][I] in sorted order
+  int ld_act = 0;
+  int gather_k = 0;             // mlp1: k (B row = x[sorted_slot / k]); mlp2: 0 (B row = sorted row)
+  const int32_t* sorted_slot = nullptr;
+  const int32_t* expert_off = nullptr;
+  const int32_t* tile_expert = nullptr;
+  const int32_t* tile_row0 = nullptr;
+  const int32_t* n_tiles = nullptr;
+  const uint8_t* wb = nullptr;
+  const uint8_t* ws = nullptr;
+  const float* bias = nullptr;  // [E][R]
+  int R = 0, K = 0;
+  bf16_t* z = nullptr;          // mlp1 output [T*k][I] (sorted order)
+  int I = 0;
+  const float* expert_w = nullptr;  // [T*k]
+  float* partial = nullptr;         // mlp2 output [T*k][R] (slot order)
+  float alpha = 1.702f, limit = 7.0f;
+};
+
+// Token-tile rows of the mma.sync GEMM for a step with `slots` slots over E experts.
+int gemm_tile_rows(int slots, int E);
+Status launch_gemm_mma(int tile_rows, bool mlp1, const GemmArgs& a, int max_tiles, cudaStream_t stream);
+
+// Token-tile rows of the wgmma GEMM (two warpgroups of 64).
+constexpr int kWgmmaTileRows = 128;
+// True when the wgmma kernels can run here: an sm_90 device, kernels built from sm_90a code (not
+// JIT-compiled compute_80 PTX), and no GPT_OSS_C_FORCE_PORTABLE=1.
+bool wgmma_available();
+Status launch_gemm_wgmma(bool mlp1, const GemmArgs& a, int max_tiles, cudaStream_t stream);
+
+}  // namespace moe
+}  // namespace gptoss
