@@ -50,19 +50,24 @@ Status ensure_smem(const void* kernel, size_t bytes, const char* name) {
     GPTOSS_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
     if (dev >= 0 && dev < 64) optin_of[dev].store(optin, std::memory_order_relaxed);
   }
-  if (bytes > size_t(optin))
-    return make_error(StatusCode::Unsupported, std::string(name) + " needs " + std::to_string(bytes) +
+  // The kernel's static shared memory counts against the same opt-in limit as the dynamic part
+  // (asking for the whole opt-in as dynamic fails with cudaErrorInvalidValue when there is any).
+  cudaFuncAttributes fa;
+  GPTOSS_CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
+  if (bytes + fa.sharedSizeBytes > size_t(optin))
+    return make_error(StatusCode::Unsupported, std::string(name) + " needs " + std::to_string(bytes) + " + " +
+                                                   std::to_string(fa.sharedSizeBytes) +
                                                    " bytes of shared memory; this device allows " + std::to_string(optin));
   if (bytes <= 48 * 1024) return Status::Ok();
-  // Raise the limit once per kernel (the attribute call is host-side and may synchronise with
-  // pending copies, so not on every launch).
+  // Raise the limit once per kernel and size (the attribute call is host-side and may synchronise
+  // with pending copies, so not on every launch).
   static std::mutex mu;
-  static std::unordered_map<const void*, int> raised;
+  static std::unordered_map<const void*, size_t> raised;
   std::lock_guard<std::mutex> lock(mu);
-  int& have = raised[kernel];
-  if (have < optin) {
-    GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
-    have = optin;
+  size_t& have = raised[kernel];
+  if (have < bytes) {
+    GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+    have = bytes;
   }
   return Status::Ok();
 }
