@@ -8,10 +8,13 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "backend.h"
@@ -204,6 +207,18 @@ void check_moe(cudaStream_t st, int T, int E, int k, int H, int I) {
   p.w1_blocks = d1b.p; p.w1_scales = d1s.p; p.b1 = db1.p; p.w2_blocks = d2b.p; p.w2_scales = d2s.p; p.b2 = db2.p;
   p.y = dy.p; p.ldy = H; p.T = T; p.E = E; p.k = k; p.H = H; p.I = I;
   s = launch_moe_mxfp4(p, ws.p, ws_bytes, st);
+  // A watchdog instead of a blocking synchronise: a kernel that spins forever (the gemv's mlp2
+  // waits on mlp1's ready flags) is reported by name and the process exits, instead of eating the
+  // caller's time limit.
+  const auto t_launch = std::chrono::steady_clock::now();
+  while (cudaStreamQuery(st) == cudaErrorNotReady) {
+    if (std::chrono::steady_clock::now() - t_launch > std::chrono::seconds(20)) {
+      std::printf("HANG %s: the MoE kernels did not finish within 20 s\n", what.c_str());
+      std::fflush(stdout);
+      std::_Exit(3);
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
   cudaStreamSynchronize(st);
   std::vector<float> out(y0.size());
   dy.get(out);
@@ -212,43 +227,59 @@ void check_moe(cudaStream_t st, int T, int E, int k, int H, int I) {
     const uint8_t byte = blk[(row * G + kk / 32) * 16 + (kk % 32) / 2];
     return fp4(kk % 2 ? byte >> 4 : byte & 15) * std::ldexp(1.0, int(sc[row * G + kk / 32]) - 127);
   };
-  double worst = 0;
-  std::string detail;
-  std::vector<double> z(I), ref(H), mag(H);
-  for (int t = 0; t < T; ++t) {
-    for (int nn = 0; nn < H; ++nn) ref[nn] = y0[size_t(t) * H + nn], mag[nn] = 0.0;
-    for (int j = 0; j < k; ++j) {
-      const int e = idx[size_t(t) * k + j];
-      const double wt = ew[size_t(t) * k + j];
-      for (int i = 0; i < I; ++i) {
-        double g = b1[size_t(e) * R1 + 2 * i], l = b1[size_t(e) * R1 + 2 * i + 1];
-        for (int kk = 0; kk < H; ++kk) {
-          const double xv = bf16_to_f32(x[size_t(t) * H + kk]);
-          g += w_at(w1b, w1s, size_t(e) * R1 + 2 * i, G1, kk) * xv;
-          l += w_at(w1b, w1s, size_t(e) * R1 + 2 * i + 1, G1, kk) * xv;
-        }
-        g = std::min(g, 7.0);
-        l = std::max(std::min(l, 7.0), -7.0);
-        z[i] = bf16_to_f32(f32_to_bf16(float(g / (1.0 + std::exp(-1.702 * g)) * (l + 1.0))));
-      }
-      for (int nn = 0; nn < H; ++nn) {
-        double acc = b2[size_t(e) * H + nn], m = std::fabs(b2[size_t(e) * H + nn]);
+  // float64 reference per token, tokens spread over host threads (the 20b-shape cases cost ~25M
+  // weight decodes per slot: minutes on one core).
+  std::vector<double> REF(size_t(T) * H), MAG(size_t(T) * H);
+  std::atomic<int> next_t{0};
+  auto worker = [&] {
+    std::vector<double> z(I);
+    for (int t; (t = next_t.fetch_add(1)) < T;) {
+      double* ref = &REF[size_t(t) * H];
+      double* mag = &MAG[size_t(t) * H];
+      for (int nn = 0; nn < H; ++nn) ref[nn] = y0[size_t(t) * H + nn], mag[nn] = 0.0;
+      for (int j = 0; j < k; ++j) {
+        const int e = idx[size_t(t) * k + j];
+        const double wt = ew[size_t(t) * k + j];
         for (int i = 0; i < I; ++i) {
-          const double pr = w_at(w2b, w2s, size_t(e) * H + nn, G2, i) * z[i];
-          acc += pr;
-          m += std::fabs(pr);
+          double g = b1[size_t(e) * R1 + 2 * i], l = b1[size_t(e) * R1 + 2 * i + 1];
+          for (int kk = 0; kk < H; ++kk) {
+            const double xv = bf16_to_f32(x[size_t(t) * H + kk]);
+            g += w_at(w1b, w1s, size_t(e) * R1 + 2 * i, G1, kk) * xv;
+            l += w_at(w1b, w1s, size_t(e) * R1 + 2 * i + 1, G1, kk) * xv;
+          }
+          g = std::min(g, 7.0);
+          l = std::max(std::min(l, 7.0), -7.0);
+          z[i] = bf16_to_f32(f32_to_bf16(float(g / (1.0 + std::exp(-1.702 * g)) * (l + 1.0))));
         }
-        ref[nn] += wt * acc;
-        mag[nn] += wt * m;
+        for (int nn = 0; nn < H; ++nn) {
+          double acc = b2[size_t(e) * H + nn], m = std::fabs(b2[size_t(e) * H + nn]);
+          for (int i = 0; i < I; ++i) {
+            const double pr = w_at(w2b, w2s, size_t(e) * H + nn, G2, i) * z[i];
+            acc += pr;
+            m += std::fabs(pr);
+          }
+          ref[nn] += wt * acc;
+          mag[nn] += wt * m;
+        }
       }
     }
+  };
+  std::vector<std::thread> pool;
+  const int nthreads = int(std::max(1u, std::min(std::thread::hardware_concurrency(), unsigned(T))));
+  for (int i = 0; i < nthreads; ++i) pool.emplace_back(worker);
+  for (auto& th : pool) th.join();
+
+  double worst = 0;
+  std::string detail;
+  for (int t = 0; t < T; ++t) {
     for (int nn = 0; nn < H; ++nn) {
-      const double bound = std::ldexp(mag[nn], -7) + std::ldexp(std::fabs(y0[size_t(t) * H + nn]), -20) + 1e-30;
-      const double r = std::fabs(out[size_t(t) * H + nn] - ref[nn]) / bound;
+      const double rf = REF[size_t(t) * H + nn];
+      const double bound = std::ldexp(MAG[size_t(t) * H + nn], -7) + std::ldexp(std::fabs(y0[size_t(t) * H + nn]), -20) + 1e-30;
+      const double r = std::fabs(out[size_t(t) * H + nn] - rf) / bound;
       if (!(r <= worst)) {
         worst = std::isnan(r) ? 1e30 : r;
         char b[160];
-        std::snprintf(b, sizeof b, "(worst t=%d n=%d: got %.6g want %.6g)", t, nn, double(out[size_t(t) * H + nn]), ref[nn]);
+        std::snprintf(b, sizeof b, "(worst t=%d n=%d: got %.6g want %.6g)", t, nn, double(out[size_t(t) * H + nn]), rf);
         detail = b;
       }
     }
