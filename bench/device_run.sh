@@ -7,7 +7,7 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gptoss-out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1; cat "$OUT/gpu.txt"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site GPT_OSS_C_VOCAB=$PWD/.whl/o200k_base.tiktoken.gz
 python3 -c "import gpt_oss_c, gpt_oss_c._core as c; print(gpt_oss_c.build_info(), 'cuda_available', c.cuda_available())" || exit 1
 
