@@ -31,8 +31,33 @@ def assert_close(actual, desired, device, what=""):
         # Logits of std ~3: f32 summation-order differences only.
         np.testing.assert_allclose(actual, desired, rtol=2e-5, atol=2e-4, err_msg=what)
     else:
-        err = np.linalg.norm(np.asarray(actual, np.float64) - desired) / np.linalg.norm(desired)
+        err = rel_err(actual, desired)
         assert err < 5e-2, f"{what}: relative error {err:.3e}"
+
+
+def rel_err(actual, desired):
+    return float(np.linalg.norm(np.asarray(actual, np.float64) - desired) / np.linalg.norm(desired))
+
+
+def assert_rows_close(rows, device):
+    """rows: (actual, desired, label) logit rows of one schedule vs another.
+
+    CPU: every row as assert_close. CUDA: a router near-tie flip moves one row's logits by ~0.1-0.3
+    relative (seen: 0.104, 0.116 on H200) and may leak into later rows through the KV cache, so a
+    single row is no verdict; a broken cache, ring or batch split corrupts every row past the fault.
+    Hence: the median row error below 2e-2, at most one row in 8 (and at least one) above 5e-2, and
+    none above 0.35."""
+    if device == "cpu":
+        for actual, desired, label in rows:
+            assert_close(actual, desired, device, label)
+        return
+    errs = [(rel_err(a, d), label) for a, d, label in rows]
+    e = np.array([x for x, _ in errs])
+    bad = [f"{label}: {x:.3e}" for x, label in errs if x >= 5e-2]
+    report = f"{len(bad)} of {len(errs)} rows above 5e-2 ({'; '.join(bad)}), median {np.median(e):.3e}"
+    assert np.median(e) < 2e-2, report
+    assert len(bad) <= max(1, len(errs) // 8), report
+    assert e.max() < 0.35, report
 
 
 def ids_for(model, n, seed):
@@ -56,10 +81,11 @@ def test_stepwise_decode_matches_full_forward(ckpt, device):
     eng = model._engine
     n0 = 3
     _, _, first = eng.step([(0, 0, ids[:n0], None)], 1, False)
-    assert_close(first[0], full[n0 - 1], device)
+    rows = [(first[0], full[n0 - 1], f"position {n0 - 1}")]
     for p in range(n0, len(ids)):  # one token per step, wrapping the ring of the sliding layers
         _, _, row = eng.step([(0, p, [ids[p]], None)], 1, False)
-        assert_close(row[0], full[p], device, f"position {p}")
+        rows.append((row[0], full[p], f"position {p}"))
+    assert_rows_close(rows, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -67,16 +93,21 @@ def test_batched_step_matches_single_sequences(ckpt, device):
     model = gpt_oss_c.load(ckpt, device=device, max_batch=3)
     lens = [1, 7, 2 * model.config.sliding_window + 3]
     prompts = [ids_for(model, n, 10 + i) for i, n in enumerate(lens)]
-    singles = [model.logits(p)[-1] for p in prompts]
-    _, _, rows = model._engine.step([(i, 0, p, None) for i, p in enumerate(prompts)], 1, False)
-    for i in range(3):
-        assert_close(rows[i], singles[i], device, f"sequence {i}")
-    # Then a mixed step: one decode token for sequence 0 and 2, a prefill chunk for slot 1.
-    nxt = ids_for(model, 4, 99)
-    _, _, rows = model._engine.step(
-        [(0, lens[0], nxt[:1], None), (1, lens[1], nxt[1:4], None), (2, lens[2], nxt[:1], None)], 1, False)
-    for i, extra in enumerate([nxt[:1], nxt[1:4], nxt[:1]]):
-        assert_close(rows[i], model.logits(prompts[i] + extra)[-1], device, f"mixed step, sequence {i}")
+    ref = gpt_oss_c.load(ckpt, device=device)  # logits() uses slot 0: keep the stepped engine's slots apart
+    singles = [ref.logits(p)[-1] for p in prompts]
+    _, _, out = model._engine.step([(i, 0, p, None) for i, p in enumerate(prompts)], 1, False)
+    rows = [(out[i], singles[i], f"sequence {i}") for i in range(3)]
+    # Then mixed steps: one decode token for sequences 0 and 2 and a prefill chunk for slot 1, and
+    # three decode steps of all three.
+    nxt = ids_for(model, 7, 99)
+    seqs = [list(p) for p in prompts]
+    steps = [[nxt[:1], nxt[1:4], nxt[:1]]] + [[nxt[4 + s : 5 + s]] * 3 for s in range(3)]
+    for s, extras in enumerate(steps):
+        _, _, out = model._engine.step([(i, len(seqs[i]), extras[i], None) for i in range(3)], 1, False)
+        for i in range(3):
+            seqs[i] += extras[i]
+            rows.append((out[i], ref.logits(seqs[i])[-1], f"step {s}, sequence {i}"))
+    assert_rows_close(rows, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
