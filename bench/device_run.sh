@@ -60,11 +60,11 @@ for stage in "$@"; do
     sanitize)
       # memcheck over the kernel tests (minus the deliberate out-of-memory test, whose failed cudaMalloc
       # the tool counts as an error), racecheck over the small-shape tests of the shared-memory kernels.
-      timeout 240 compute-sanitizer --tool memcheck --print-limit 20 python3 -m pytest -q -p no:cacheprovider \
+      timeout 200 compute-sanitizer --tool memcheck --print-limit 20 python3 -m pytest -q -p no:cacheprovider \
         tests/python/test_cuda_backend.py tests/python/test_cuda_moe_dense.py tests/python/test_fused_ops.py \
         -k "cuda and not out_of_memory" > "$OUT/sanitize_memcheck.log" 2>&1
       echo "== memcheck rc=$?: $(grep -E 'ERROR SUMMARY|passed|failed' "$OUT/sanitize_memcheck.log" | tail -n 2 | tr '\n' ' ')"
-      timeout 200 compute-sanitizer --tool racecheck --print-limit 20 python3 -m pytest -q -p no:cacheprovider \
+      timeout 150 compute-sanitizer --tool racecheck --print-limit 20 python3 -m pytest -q -p no:cacheprovider \
         tests/python/test_cuda_moe_dense.py tests/python/test_fused_ops.py \
         -k "cuda and moe and not 20b and not 120b and not 2048 and not 2880 and not 600 and not portable" > "$OUT/sanitize_racecheck.log" 2>&1
       echo "== racecheck rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed|failed' "$OUT/sanitize_racecheck.log" | tail -n 2 | tr '\n' ' ')" ;;
@@ -72,7 +72,7 @@ for stage in "$@"; do
       # The decode MoE (T = 1, 20b shapes) under Nsight Compute: the first mlp1 / mlp2 gemv launches of
       # the kernel micro-benchmark.
       mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
-      timeout 150 ncu --clock-control none -k regex:moe_gemv --launch-count 2 --section SpeedOfLight \
+      timeout 100 ncu --clock-control none -k regex:moe_gemv --launch-count 2 --section SpeedOfLight \
         --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats --section SchedulerStats \
         --section LaunchStats build/bench/cuda_kernels 2 > "$OUT/ncu_moe.log" 2>&1
       echo "== ncu rc=$?"; grep -E "Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers|Stall|One or More|No Eligible" "$OUT/ncu_moe.log" | head -30 ;;
