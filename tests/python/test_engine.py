@@ -6,11 +6,14 @@ Tolerances: on the CPU, f32 (the only differences are summation order, and CPU r
 what else shares a step). On CUDA, activations are bf16 and different step shapes take different
 kernels (GEMV vs tensor-core GEMM) with different f32 summation orders; the bf16 roundings then differ,
 and at a router near-tie (4th/5th expert logits within ~1e-2, common in random models) a token switches
-experts, which moves its logits by up to ~1 and leaks into later positions. So CUDA is held to a
-relative Frobenius error of 5e-2, about the f32-reference error of the bf16 reference model itself
-(2.8%, test_oracle) with room for one flip; tests/python/test_cuda_engine_replay.py checks the same
-schedules op by op with near-ties accounted for.
+experts, which moves its logits by ~0.1-0.3 relative. So CUDA is held to a relative Frobenius error of
+5e-2 (about the f32-reference error of the bf16 reference model itself, 2.8%, test_oracle) on every
+row, except rows at a near-tie position, found by replaying the forward op by op on the CPU, which
+only have to stay below 0.35; tests/python/test_cuda_engine_replay.py checks the same schedules op by
+op with near-ties accounted for.
 """
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,25 +42,38 @@ def rel_err(actual, desired):
     return float(np.linalg.norm(np.asarray(actual, np.float64) - desired) / np.linalg.norm(desired))
 
 
-def assert_rows_close(rows, device):
-    """rows: (actual, desired, label) logit rows of one schedule vs another.
+def near_tie_positions(ckpt, ids) -> set[int]:
+    """Positions of `ids` whose routing is a near-tie in some layer: the 4th and 5th router logits
+    within NEAR_TIE (the forward replayed op by op on the CPU, test_cuda_engine_replay.Replay)."""
+    from test_cuda_engine_replay import NEAR_TIE, Replay, read_safetensors
 
-    CPU: every row as assert_close. CUDA: a router near-tie flip moves one row's logits by ~0.1-0.3
-    relative (seen: 0.104, 0.116 on H200) and may leak into later rows through the KV cache, so a
-    single row is no verdict; a broken cache, ring or batch split corrupts every row past the fault.
-    Hence: the median row error below 2e-2, at most one row in 8 (and at least one) above 5e-2, and
-    none above 0.35."""
-    if device == "cpu":
-        for actual, desired, label in rows:
+    model = gpt_oss_c.load(ckpt, device="cpu")
+    replay = Replay(read_safetensors(Path(ckpt)), model.config, "cpu", "cpu")
+    replay.run(list(ids), len(ids))
+    k = model.config.experts_per_token
+    ties = set()
+    for per_step in replay.router:
+        top = -np.sort(-per_step[0], axis=1)
+        ties.update(np.nonzero(top[:, k - 1] - top[:, k] < NEAR_TIE)[0].tolist())
+    return ties
+
+
+def assert_rows_close(rows, device):
+    """rows: (actual, desired, label, near_tie) logit rows of one schedule vs another.
+
+    CPU: every row as assert_close. CUDA: as assert_close, except at a router near-tie (near_tie_positions):
+    there the two schedules' different bf16 roundings may pick different experts, which moves that
+    row's logits by ~0.1-0.3 relative (seen on the H200: 0.104, 0.116, 0.156, each at a position with
+    a top-4 margin below 0.013), so such a row only has to stay below 0.35."""
+    bad = []
+    for actual, desired, label, tie in rows:
+        if device == "cpu":
             assert_close(actual, desired, device, label)
-        return
-    errs = [(rel_err(a, d), label) for a, d, label in rows]
-    e = np.array([x for x, _ in errs])
-    bad = [f"{label}: {x:.3e}" for x, label in errs if x >= 5e-2]
-    report = f"{len(bad)} of {len(errs)} rows above 5e-2 ({'; '.join(bad)}), median {np.median(e):.3e}"
-    assert np.median(e) < 2e-2, report
-    assert len(bad) <= max(1, len(errs) // 8), report
-    assert e.max() < 0.35, report
+            continue
+        err = rel_err(actual, desired)
+        if err >= (0.35 if tie else 5e-2):
+            bad.append(f"{label}{' (near-tie)' if tie else ''}: relative error {err:.3e}")
+    assert not bad, "; ".join(bad)
 
 
 def ids_for(model, n, seed):
@@ -81,10 +97,11 @@ def test_stepwise_decode_matches_full_forward(ckpt, device):
     eng = model._engine
     n0 = 3
     _, _, first = eng.step([(0, 0, ids[:n0], None)], 1, False)
-    rows = [(first[0], full[n0 - 1], f"position {n0 - 1}")]
+    ties = near_tie_positions(ckpt, ids) if device == "cuda" else set()
+    rows = [(first[0], full[n0 - 1], f"position {n0 - 1}", n0 - 1 in ties)]
     for p in range(n0, len(ids)):  # one token per step, wrapping the ring of the sliding layers
         _, _, row = eng.step([(0, p, [ids[p]], None)], 1, False)
-        rows.append((row[0], full[p], f"position {p}"))
+        rows.append((row[0], full[p], f"position {p}", p in ties))
     assert_rows_close(rows, device)
 
 
@@ -96,17 +113,19 @@ def test_batched_step_matches_single_sequences(ckpt, device):
     ref = gpt_oss_c.load(ckpt, device=device)  # logits() uses slot 0: keep the stepped engine's slots apart
     singles = [ref.logits(p)[-1] for p in prompts]
     _, _, out = model._engine.step([(i, 0, p, None) for i, p in enumerate(prompts)], 1, False)
-    rows = [(out[i], singles[i], f"sequence {i}") for i in range(3)]
     # Then mixed steps: one decode token for sequences 0 and 2 and a prefill chunk for slot 1, and
     # three decode steps of all three.
     nxt = ids_for(model, 7, 99)
-    seqs = [list(p) for p in prompts]
     steps = [[nxt[:1], nxt[1:4], nxt[:1]]] + [[nxt[4 + s : 5 + s]] * 3 for s in range(3)]
+    full = [list(p) + sum((st[i] for st in steps), []) for i, p in enumerate(prompts)]
+    ties = [near_tie_positions(ckpt, f) if device == "cuda" else set() for f in full]
+    rows = [(out[i], singles[i], f"sequence {i}", lens[i] - 1 in ties[i]) for i in range(3)]
+    seqs = [list(p) for p in prompts]
     for s, extras in enumerate(steps):
         _, _, out = model._engine.step([(i, len(seqs[i]), extras[i], None) for i in range(3)], 1, False)
         for i in range(3):
             seqs[i] += extras[i]
-            rows.append((out[i], ref.logits(seqs[i])[-1], f"step {s}, sequence {i}"))
+            rows.append((out[i], ref.logits(seqs[i])[-1], f"step {s}, sequence {i}", len(seqs[i]) - 1 in ties[i]))
     assert_rows_close(rows, device)
 
 
