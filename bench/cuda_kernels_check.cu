@@ -289,7 +289,7 @@ void check_moe(cudaStream_t st, int T, int E, int k, int H, int I) {
 
 }  // namespace
 
-int run_checks(cudaStream_t st) {
+int run_checks(cudaStream_t st, const std::string& only) {
   int dev = 0, sms = 0, major = 0;
   cudaGetDevice(&dev);
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
@@ -302,24 +302,28 @@ int run_checks(cudaStream_t st) {
   const struct { int T, N, K; } dshapes[] = {{1, 2880, 2880}, {3, 33, 96},   {8, 130, 32},   {9, 2880, 4096},
                                              {16, 32, 2880},  {17, 640, 160}, {64, 130, 96},  {65, 2880, 2880},
                                              {129, 33, 2880}, {300, 520, 96}, {2048, 96, 2880}, {5, 7, 100}};
+  const bool dense = only.empty() || only == "dense", moe = only.empty() || only == "moe";
   for (const auto& d : dshapes) {
+    if (!dense) break;
     check_dense(st, d.T, d.N, d.K, DType::BF16, false, true);
     check_dense(st, d.T, d.N, d.K, DType::F32, true, false);
   }
-  check_dense(st, 1, 201088, 64, DType::F32, false, false);
-  check_dense(st, 12, 8200, 256, DType::F32, false, true);
-  check_dense(st, 2, 5120, 512, DType::BF16, false, true);
-  // Strided rows: ldx = K + 8 keeps the 16-byte paths, K + 3 takes the generic kernel; odd ldy.
-  check_dense(st, 3, 130, 96, DType::F32, true, true, 8, 3);
-  check_dense(st, 70, 130, 2880, DType::BF16, false, true, 8, 5);
-  check_dense(st, 2, 33, 64, DType::F32, false, true, 3, 1);
-  // Split-K at the 20b decode / batched shapes: the router (GEMV over Z blocks, GEMM over 11 splits),
-  // the output projection at T = 64 (45 tiles x 6 splits); twice in a row (counters left at zero).
-  for (int rep = 0; rep < 2; ++rep) {
-    check_dense(st, 1, 32, 2880, DType::F32, false, true);
-    check_dense(st, 64, 32, 2880, DType::F32, false, true);
-    check_dense(st, 64, 2880, 4096, DType::F32, true, true);
-    check_dense(st, 100, 5120, 2880, DType::BF16, false, true);
+  if (dense) {
+    check_dense(st, 1, 201088, 64, DType::F32, false, false);
+    check_dense(st, 12, 8200, 256, DType::F32, false, true);
+    check_dense(st, 2, 5120, 512, DType::BF16, false, true);
+    // Strided rows: ldx = K + 8 keeps the 16-byte paths, K + 3 takes the generic kernel; odd ldy.
+    check_dense(st, 3, 130, 96, DType::F32, true, true, 8, 3);
+    check_dense(st, 70, 130, 2880, DType::BF16, false, true, 8, 5);
+    check_dense(st, 2, 33, 64, DType::F32, false, true, 3, 1);
+    // Split-K at the 20b decode / batched shapes: the router (GEMV over Z blocks, GEMM over 11 splits),
+    // the output projection at T = 64 (45 tiles x 6 splits); twice in a row (counters left at zero).
+    for (int rep = 0; rep < 2; ++rep) {
+      check_dense(st, 1, 32, 2880, DType::F32, false, true);
+      check_dense(st, 64, 32, 2880, DType::F32, false, true);
+      check_dense(st, 64, 2880, 4096, DType::F32, true, true);
+      check_dense(st, 100, 5120, 2880, DType::BF16, false, true);
+    }
   }
 
   // gemv decode / batch (T * k <= 512: one expert's tokens in 1 or several passes, odd K tails),
@@ -331,7 +335,8 @@ int run_checks(cudaStream_t st) {
       {160, 64, 4, 96, 160},  {300, 32, 4, 160, 96},  {64, 128, 4, 256, 256},  {2048, 32, 4, 128, 64},
       {5, 256, 8, 64, 32},    {40, 8, 2, 32, 64},     {7, 4, 3, 96, 64},       {2, 16, 1, 64, 96},
       {20, 64, 2, 96, 160},   {10, 8, 3, 64, 32}};
-  for (const auto& m : mshapes) check_moe(st, m.T, m.E, m.k, m.H, m.I);
+  for (const auto& m : mshapes)
+    if (moe) check_moe(st, m.T, m.E, m.k, m.H, m.I);
   cudaFree(g_dense_ws.ptr);
   std::printf("%d failure(s)\n", g_failures);
   return g_failures ? 1 : 0;

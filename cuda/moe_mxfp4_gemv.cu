@@ -51,8 +51,13 @@ struct GemvCfg {
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kCols = 8 * NT;  // token columns per pass
 };
-// Decode: 32 rows per block, x shared by both tiles of a warp, 8 warps splitting k.
-using DecodeCfg = GemvCfg<2, 1, 8, 1, 3>;
+// Decode: 32 rows per block, x shared by both tiles of a warp, 8 warps splitting k. The build option
+// GPT_OSS_C_MOE_GEMV_DECODE (CMake; -DGPTOSS_MOE_GEMV_DECODE=TPW,TG,KS,NT,MINB for the kernel
+// bench) overrides the shape, for tuning runs that compare shapes on one card.
+#ifndef GPTOSS_MOE_GEMV_DECODE
+#define GPTOSS_MOE_GEMV_DECODE 2, 1, 8, 1, 3
+#endif
+using DecodeCfg = GemvCfg<GPTOSS_MOE_GEMV_DECODE>;
 // Batched decode: 64 rows per block (x read once per 64 weight rows), 16 token columns per pass.
 using BatchCfg = GemvCfg<1, 4, 2, 2, 2>;
 
