@@ -23,6 +23,10 @@ for stage in "$@"; do
         grep -E "^(FAILED|ERROR)" "$OUT/${stage}_$f.log" | head -12
       done
       unset GPT_OSS_C_FORCE_PORTABLE ;;
+    moetests)
+      timeout 120 python3 -m pytest -q -ra --maxfail=10 -p no:cacheprovider tests/python/test_cuda_moe_dense.py \
+        -k "moe and not portable" > "$OUT/moetests.log" 2>&1
+      echo "== moetests: $(tail -n 1 "$OUT/moetests.log")"; grep -E "^(FAILED|ERROR)" "$OUT/moetests.log" | head -12 ;;
     e2e)
       timeout 240 python3 -m pytest -q -ra --maxfail=10 -p no:cacheprovider tests/python/test_engine.py \
         tests/python/test_oracle.py tests/python/test_generate.py tests/python/test_errors.py -k "cuda" > "$OUT/e2e.log" 2>&1
@@ -68,6 +72,15 @@ for stage in "$@"; do
         tests/python/test_cuda_moe_dense.py tests/python/test_fused_ops.py \
         -k "cuda and moe and not 20b and not 120b and not 2048 and not 2880 and not 600 and not portable" > "$OUT/sanitize_racecheck.log" 2>&1
       echo "== racecheck rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed|failed' "$OUT/sanitize_racecheck.log" | tail -n 2 | tr '\n' ' ')" ;;
+    tune)
+      # Decode MoE GEMV shapes (.whl/var: list.txt, kernel-bench binaries cuda_kernels_vN, wheels vN/):
+      # check + time each, then install the fastest correct variant's wheel for the stages after this one.
+      timeout 400 python3 bench/tune_moe_decode.py .whl/var --out "$OUT/tune_moe_decode.json" > "$OUT/tune.log" 2>&1
+      cat "$OUT/tune.log"
+      best=$(sed -n 's/^best: \(v[0-9]*\).*/\1/p' "$OUT/tune.log")
+      if [ -n "$best" ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/var/$best/*.whl && echo "== installed $best"
+      fi ;;
     ncu_moe)
       # The decode MoE (T = 1, 20b shapes) under Nsight Compute: the first mlp1 / mlp2 gemv launches of
       # the kernel micro-benchmark.

@@ -52,12 +52,16 @@ struct GemvCfg {
   static constexpr int kCols = 8 * NT;  // token columns per pass
 };
 // Decode: 32 rows per block, x shared by both tiles of a warp, 8 warps splitting k. The build option
-// GPT_OSS_C_MOE_GEMV_DECODE (CMake; -DGPTOSS_MOE_GEMV_DECODE=TPW,TG,KS,NT,MINB for the kernel
-// bench) overrides the shape, for tuning runs that compare shapes on one card.
+// GPT_OSS_C_MOE_GEMV_DECODE (CMake; -DGPTOSS_MOE_GEMV_DECODE=... for the kernel bench) overrides the
+// shape, for tuning runs that compare shapes on one card: five digits TPW TG KS NT MINB (a number,
+// because nvcc splits -D values at commas).
 #ifndef GPTOSS_MOE_GEMV_DECODE
-#define GPTOSS_MOE_GEMV_DECODE 2, 1, 8, 1, 3
+#define GPTOSS_MOE_GEMV_DECODE 21813
 #endif
-using DecodeCfg = GemvCfg<GPTOSS_MOE_GEMV_DECODE>;
+constexpr int kDecodeShape = GPTOSS_MOE_GEMV_DECODE;
+static_assert(kDecodeShape >= 11111 && kDecodeShape <= 99999, "GPTOSS_MOE_GEMV_DECODE: five digits TPW TG KS NT MINB");
+using DecodeCfg = GemvCfg<kDecodeShape / 10000, kDecodeShape / 1000 % 10, kDecodeShape / 100 % 10, kDecodeShape / 10 % 10,
+                          kDecodeShape % 10>;
 // Batched decode: 64 rows per block (x read once per 64 weight rows), 16 token columns per pass.
 using BatchCfg = GemvCfg<1, 4, 2, 2, 2>;
 
