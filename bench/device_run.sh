@@ -24,7 +24,7 @@ for stage in "$@"; do
       done
       unset GPT_OSS_C_FORCE_PORTABLE ;;
     moetests)
-      timeout 120 python3 -m pytest -q -ra --maxfail=10 -p no:cacheprovider tests/python/test_cuda_moe_dense.py \
+      timeout 90 python3 -m pytest -q -ra --maxfail=10 -p no:cacheprovider tests/python/test_cuda_moe_dense.py \
         -k "moe and not portable" > "$OUT/moetests.log" 2>&1
       echo "== moetests: $(tail -n 1 "$OUT/moetests.log")"; grep -E "^(FAILED|ERROR)" "$OUT/moetests.log" | head -12 ;;
     e2e)
@@ -75,7 +75,7 @@ for stage in "$@"; do
     tune)
       # Decode MoE GEMV shapes (.whl/var: list.txt, kernel-bench binaries cuda_kernels_vN, wheels vN/):
       # check + time each, then install the fastest correct variant's wheel for the stages after this one.
-      timeout 400 python3 bench/tune_moe_decode.py .whl/var --out "$OUT/tune_moe_decode.json" > "$OUT/tune.log" 2>&1
+      timeout 180 python3 bench/tune_moe_decode.py .whl/var --out "$OUT/tune_moe_decode.json" > "$OUT/tune.log" 2>&1
       cat "$OUT/tune.log"
       best=$(sed -n 's/^best: \(v[0-9]*\).*/\1/p' "$OUT/tune.log")
       if [ -n "$best" ]; then
