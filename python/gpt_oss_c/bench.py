@@ -173,7 +173,10 @@ def bench_batch(model, batch: int, prompt_len: int = 128, new_tokens: int = 128)
 # Hugging Face transformers, same weights, same process
 # ------------------------------------------------------------------------------------------------
 
-def bench_hf(path: Path, prompt_len: int, new_tokens: int) -> dict:
+def bench_hf(path: Path, prompt_len: int, new_tokens: int, device: str = "cuda") -> dict:
+    """HF transformers' GptOss in bf16 on the same checkpoint: prefill of 2048 tokens and greedy decode
+    (its own KV cache), timed like ours. MXFP4 experts are dequantised to bf16 at load, as HF does
+    without its optional kernels. Loaded on the CPU, then moved (a device_map would need `accelerate`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -184,28 +187,30 @@ def bench_hf(path: Path, prompt_len: int, new_tokens: int) -> dict:
         kw["quantization_config"] = Mxfp4Config(dequantize=True)
     except ImportError:
         pass
-    hf = AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=torch.bfloat16, device_map="cuda", **kw)
+    hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16, **kw).to(device)
     hf.eval()
     vocab = hf.config.vocab_size
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     res = {}
     with torch.inference_mode():
-        ids = torch.tensor([_ids(2048, 7, vocab)], device="cuda")
+        ids = torch.tensor([_ids(2048, 7, vocab)], device=device)
         hf(ids[:, :64])
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         hf(ids)
-        torch.cuda.synchronize()
+        sync()
         res["hf_prefill_2048_tok_s"] = 2048 / (time.perf_counter() - t0)
-        prompt = torch.tensor([_ids(prompt_len, 0, vocab)], device="cuda")
+        prompt = torch.tensor([_ids(prompt_len, 0, vocab)], device=device)
         hf.generate(prompt, max_new_tokens=4, do_sample=False)
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         out = hf.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-        torch.cuda.synchronize()
+        sync()
         n = out.shape[1] - prompt.shape[1]
         res["hf_decode_tok_s"] = n / (time.perf_counter() - t0)
     del hf
-    torch.cuda.empty_cache()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
     return res
 
 
@@ -287,7 +292,7 @@ def main(argv=None) -> int:
     del batched
     prog.step("batched decode")
     if args.compare_hf:
-        res.update(bench_hf(path, 128, 64))
+        res.update(bench_hf(path, 128, 64, args.device))
         res["ratio_decode_vs_hf"] = res["decode_bs1_tok_s"] / res["hf_decode_tok_s"]
         res["ratio_prefill_2048_vs_hf"] = res.get("prefill_2048_tok_s", 0) / res["hf_prefill_2048_tok_s"]
         prog.step("HF transformers")
