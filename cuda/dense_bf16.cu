@@ -45,6 +45,7 @@
 #include "cuda_check.cuh"
 #include "device_common.cuh"
 #include "mma_sm80.cuh"
+#include "pdl.cuh"
 #include "router_topk.cuh"
 
 namespace gptoss {
@@ -100,19 +101,6 @@ struct DenseArgs {
   float* expert_w;
   uint32_t zero;   // always 0; the compiler cannot know it (see gemv_fence)
 };
-
-// Programmatic dependent launch (sm_90): wait until the preceding kernel's writes are visible /
-// let the next kernel start launching. Both are no-ops when the launch did not ask for it.
-__device__ __forceinline__ void grid_dependency_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void grid_dependents_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
 
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
 
@@ -326,7 +314,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) bf16_dense_gemv_mma(DenseArgs
       prefetch_l2(wb + j * 64);
     }
   }
-  grid_dependency_wait();
+  pdl_wait();
 
   if constexpr (XS) {
     // x[t] = rmsnorm(xf[t]) * norm_w in f32, rounded to bf16: the same loop and reduction order as
@@ -387,7 +375,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) bf16_dense_gemv_mma(DenseArgs
     gemv_load<NT, XS>(wa, wb, xp, xs, j0 * 64, wra, wrb, xr, 0);
     gemv_mma<NT>(acc, wra, wrb, xr, 0);
   }
-  grid_dependents_launch();  // the weights are read: the next kernel may start its own prefetch
+  pdl_launch_dependents();  // the weights are read: the next kernel may start its own prefetch
 
   if (KS > 1) {
 #pragma unroll
@@ -641,23 +629,6 @@ int blocks_per_sm(void (*kernel)(DenseArgs), int threads, size_t smem) {
   return std::max(n, 1);
 }
 
-Status launch_kernel(void (*kernel)(DenseArgs), dim3 grid, int threads, size_t smem, bool pdl, const DenseArgs& a,
-                     cudaStream_t stream, const char* name) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(threads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  GPTOSS_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
-  GPTOSS_CUDA_LAUNCH_CHECK(name);
-  return Status::Ok();
-}
-
 // Points a at the workspace's counters and partials, or leaves Z = 1 when it cannot hold
 // `part_floats` floats for each of `splits` partial tiles over `tiles` counters.
 int fit_split(DenseArgs* a, const DenseWorkspace& ws, int tiles, int Z, size_t part_floats) {
@@ -674,8 +645,8 @@ int fit_split(DenseArgs* a, const DenseWorkspace& ws, int tiles, int Z, size_t p
 
 template <int NT, int KS, bool XS>
 Status launch_gemv(const DenseArgs& a, int groups, size_t smem, bool pdl, cudaStream_t stream) {
-  return launch_kernel(bf16_dense_gemv_mma<NT, KS, kGemvU, XS>, dim3(groups * a.Z), kGemvWarps * 32, smem, pdl, a,
-                       stream, "bf16_dense_gemv_mma");
+  return launch_pdl(bf16_dense_gemv_mma<NT, KS, kGemvU, XS>, dim3(groups * a.Z), dim3(kGemvWarps * 32), smem, pdl,
+                    stream, "bf16_dense_gemv_mma", a);
 }
 
 template <int NT, bool XS>

@@ -375,19 +375,8 @@ Status launch(const GemvArgs& a, bool pdl, cudaStream_t stream) {
   auto kernel = bf16_mxfp4w_moe_gemv<C, kMlp1>;
   const char* name = kMlp1 ? "bf16_mxfp4w_moe_gemv<mlp1>" : "bf16_mxfp4w_moe_gemv<mlp2>";
   GPTOSS_RETURN_IF_ERROR(ensure_smem(reinterpret_cast<const void*>(kernel), smem, name));
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(unsigned(row_groups<C>(a.R)), unsigned(std::min(a.E, S)));
-  cfg.blockDim = dim3(C::kThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  GPTOSS_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
-  GPTOSS_CUDA_LAUNCH_CHECK(name);
-  return Status::Ok();
+  return launch_pdl(kernel, dim3(unsigned(row_groups<C>(a.R)), unsigned(std::min(a.E, S))), dim3(C::kThreads), smem, pdl,
+                    stream, name, a);
 }
 
 }  // namespace

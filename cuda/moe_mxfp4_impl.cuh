@@ -14,6 +14,7 @@
 #include "common.h"
 #include "mma_sm80.cuh"
 #include "mxfp4_layout.cuh"
+#include "pdl.cuh"
 
 namespace gptoss {
 namespace moe {
@@ -88,20 +89,6 @@ __device__ __forceinline__ float swiglu(float glu, float lin, float alpha, float
   const float a = glu > limit ? limit : glu;
   const float l = lin > limit ? limit : (lin < -limit ? -limit : lin);
   return a / (1.0f + __expf(-alpha * a)) * (l + 1.0f);
-}
-
-// Programmatic dependent launch (sm_90): the dependent kernel may start while this one runs and
-// must call pdl_wait() before touching anything this one writes. No-ops when the kernel was not
-// launched with the attribute, and compiled out for older architectures.
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
 }
 
 // 16 bytes from L2, bypassing L1: for data a still-running grid publishes (read after an acquire
