@@ -29,7 +29,7 @@ for stage in "$@"; do
       echo "== moetests: $(tail -n 1 "$OUT/moetests.log")"; grep -E "^(FAILED|ERROR)" "$OUT/moetests.log" | head -12 ;;
     e2e)
       timeout 240 python3 -m pytest -q -ra --maxfail=10 -p no:cacheprovider tests/python/test_engine.py \
-        tests/python/test_oracle.py tests/python/test_generate.py tests/python/test_errors.py -k "cuda" > "$OUT/e2e.log" 2>&1
+        tests/python/test_oracle.py tests/python/test_oracle_hf.py tests/python/test_generate.py tests/python/test_errors.py -k "cuda" > "$OUT/e2e.log" 2>&1
       echo "== e2e: $(tail -n 1 "$OUT/e2e.log")"; grep -E "^(FAILED|ERROR)" "$OUT/e2e.log" | head -12 ;;
     bench20b)
       timeout 300 python3 -m gpt_oss_c.bench --size 20b --quick --out "$OUT/bench20b.json" > "$OUT/bench20b.log" 2>&1
