@@ -3,7 +3,9 @@
 # everything is compiled here and carried in the ignored .whl/var): for each "vN DIGITS" line of
 # bench/moe_decode_shapes.txt (DIGITS = TPW TG KS NT MINB, cuda/moe_mxfp4_gemv.cu), the kernel-bench
 # binary .whl/var/cuda_kernels_vN and, with --wheels, the package wheel .whl/var/vN/*.whl built with
-# that shape. Then: `run` with carry [".whl"] and `bash bench/device_run.sh tune e2e bench20b`.
+# that shape (the build tree keeps the last shape in its CMake cache: build the shipped wheel with
+# -C cmake.define.GPT_OSS_C_MOE_GEMV_DECODE= afterwards). Then: `run` with carry [".whl"] and
+# `bash bench/device_run.sh tune e2e bench20b`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-/root/.pyenv/versions/3.12.1/bin/python}  # the device machine's Python is 3.12
