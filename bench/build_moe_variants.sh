@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the decode MoE GEMV shape variants for a tuning run on the GPU machine (no nvcc race there:
-# everything is compiled here and carried in the ignored .whl/var): for each "vN DIGITS" line of
+# Builds the decode MoE GEMV shape variants for a tuning run on the GPU machine (compiled here, where
+# it costs no device time, and carried in the ignored .whl/var): for each "vN DIGITS" line of
 # bench/moe_decode_shapes.txt (DIGITS = TPW TG KS NT MINB, cuda/moe_mxfp4_gemv.cu), the kernel-bench
 # binary .whl/var/cuda_kernels_vN and, with --wheels, the package wheel .whl/var/vN/*.whl built with
 # that shape (the build tree keeps the last shape in its CMake cache: build the shipped wheel with
