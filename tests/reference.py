@@ -6,7 +6,33 @@ CPU and the CUDA backend are tested against this one module (tests/python/test_o
 """
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
+
+# ---------------------------------------------------------------------------------------------
+# test plumbing shared by the op tests
+# ---------------------------------------------------------------------------------------------
+
+
+def rng_for(*key) -> np.random.Generator:
+    """A generator seeded by the test's own key (crc32 of its repr): the same inputs in every run
+    and every process (str hash() is salted per process)."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def check(out, want, bound, what):
+    """Elementwise |out - want| <= bound (bound broadcast), else an AssertionError naming the worst
+    element."""
+    err = np.abs(np.asarray(out, np.float64) - np.asarray(want, np.float64))
+    bound = np.broadcast_to(bound, err.shape)
+    bad = err > bound
+    if bad.any():
+        i = np.unravel_index(np.argmax(err - bound), err.shape)
+        raise AssertionError(
+            f"{what}: {bad.sum()} of {err.size} elements out of bound; worst at {i}: got {out[i]!r}, "
+            f"want {want[i]!r}, |err| {err[i]:.3g} > bound {bound[i]:.3g}"
+        )
 
 # ---------------------------------------------------------------------------------------------
 # bf16 <-> float (bit patterns in uint16)

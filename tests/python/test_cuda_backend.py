@@ -21,7 +21,6 @@ Shapes are named after the kernel path they reach; a failure names the path and 
 from __future__ import annotations
 
 import re
-import zlib
 
 import numpy as np
 import pytest
@@ -38,26 +37,9 @@ F32_NOISE = 1e-5  # f32 sums of a few thousand terms, relative to the summed mag
 NAN_BF16 = 0x7FC0  # cache entries that no valid read may touch
 
 
-def rng_for(*key) -> np.random.Generator:
-    """A generator seeded by the test's own key: reproducible across runs (str hash() is not)."""
-    return np.random.default_rng(zlib.crc32(repr(("cuda",) + key).encode()))
-
-
 def bf16(x) -> np.ndarray:
     """x rounded to bf16, as float32 (what a bf16 backend stores)."""
     return ref.bf16_round(x).astype(np.float32)
-
-
-def check(out, want, bound, what):
-    err = np.abs(np.asarray(out, np.float64) - np.asarray(want, np.float64))
-    bound = np.broadcast_to(bound, err.shape)
-    bad = err > bound
-    if bad.any():
-        i = np.unravel_index(np.argmax(err - bound), err.shape)
-        raise AssertionError(
-            f"{what}: {bad.sum()} of {err.size} elements out of bound; worst at {i}: cuda {out[i]!r}, "
-            f"cpu {want[i]!r}, |err| {err[i]:.3g} > {bound[i]:.3g}"
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +83,7 @@ def test_out_of_memory_names_bytes_needed_and_free():
 
 @needs_cuda
 def test_embed_gpt_oss_width_matches_cpu_exactly():
-    rng = rng_for("embed")
+    rng = ref.rng_for("cuda", "embed")
     table = ref.random_bf16(rng, (4099, 2880))
     ids = rng.integers(0, 4099, 301).astype(np.int32)
     ids[:2] = [0, 4098]
@@ -111,20 +93,20 @@ def test_embed_gpt_oss_width_matches_cpu_exactly():
 @needs_cuda
 @pytest.mark.parametrize("T,H", [(1, 2880), (257, 2880), (3, 4)])
 def test_rmsnorm_block_per_row_matches_cpu(T, H):
-    rng = rng_for("rmsnorm", T, H)
+    rng = ref.rng_for("cuda", "rmsnorm", T, H)
     x = (rng.standard_normal((T + 5, H)) * 4).astype(np.float32)
     w = rng.standard_normal(H).astype(np.float32)
     rows = rng.integers(0, T + 5, T).astype(np.int32)  # the final norm's row gather
     cuda = ops.rmsnorm(x, w, rows=rows, device="cuda")
     cpu = ops.rmsnorm(x, w, rows=rows, device="cpu")
     # The same f32 value rounded once to bf16, plus a few f32 ulps of difference before rounding.
-    check(cuda, cpu, (BF16_U + 1e-6) * np.abs(cpu), f"rmsnorm T={T} H={H}")
+    ref.check(cuda, cpu, (BF16_U + 1e-6) * np.abs(cpu), f"rmsnorm T={T} H={H}")
 
 
 @needs_cuda
 @pytest.mark.parametrize("T,n_q,n_kv", [(1, 64, 8), (300, 64, 8), (5, 3, 1)])
 def test_rope_matches_cpu(T, n_q, n_kv):
-    rng = rng_for("rope", T, n_q)
+    rng = ref.rng_for("cuda", "rope", T, n_q)
     P = 131072
     cos, sin = (t.astype(np.float32) for t in ref.rope_tables(P))
     pos = rng.integers(0, P, T).astype(np.int32)
@@ -137,12 +119,12 @@ def test_rope_matches_cpu(T, n_q, n_kv):
         c, s = np.abs(cos[pos])[:, None, :], np.abs(sin[pos])[:, None, :]
         mag = np.concatenate([a * c + b * s, b * c + a * s], axis=-1).reshape(T, -1)
         # One bf16 rounding of the output; the f32 rotation may differ by an FMA (a few ulps of mag).
-        check(cuda, cpu, BF16_U * np.abs(cpu) + 1e-6 * mag, f"rope {name} T={T}")
+        ref.check(cuda, cpu, BF16_U * np.abs(cpu) + 1e-6 * mag, f"rope {name} T={T}")
 
 
 @needs_cuda
 def test_kv_append_many_sequences_and_long_chunk_matches_cpu_exactly():
-    rng = rng_for("kv")
+    rng = ref.rng_for("cuda", "kv")
     slots, n_kv, L = 6, 8, 128
     ck0 = ref.random_bf16(rng, (slots, n_kv, L, 64))
     cv0 = ref.random_bf16(rng, (slots, n_kv, L, 64))
@@ -160,7 +142,7 @@ def test_kv_append_many_sequences_and_long_chunk_matches_cpu_exactly():
 @needs_cuda
 @pytest.mark.parametrize("T,E,k", [(1, 32, 4), (1000, 128, 4), (33, 256, 8), (7, 1, 1), (5, 8, 8)])
 def test_router_topk_warp_per_token_matches_cpu(T, E, k):
-    rng = rng_for("router", T, E, k)
+    rng = ref.rng_for("cuda", "router", T, E, k)
     logits = np.round(rng.standard_normal((T, E)) * 4, 1).astype(np.float32)  # rounding makes ties
     logits[0, : min(E - k, 3)] = -np.inf  # -inf logits, but never all of the k selected
     ic, wc = ops.router_topk(logits, k, device="cuda")
@@ -179,7 +161,7 @@ def attention_vs_cpu(*, n_q, n_kv, window, cache_len, slots, seqs, q_scale=1.0, 
     start) of a random bf16 history and NaN elsewhere (reading anything else poisons the output).
     q, k, v are bf16 values given to both backends. Checks |cuda - cpu| against the bound of the
     module docstring and returns the CUDA output."""
-    rng = rng_for("attn", seed, n_q, n_kv, window, cache_len, tuple(seqs))
+    rng = ref.rng_for("cuda", "attn", seed, n_q, n_kv, window, cache_len, tuple(seqs))
     ck = np.full((slots, n_kv, cache_len, 64), NAN_BF16, np.uint16)
     cv = ck.copy()
     sinks = rng.standard_normal(n_q).astype(np.float32)
@@ -202,7 +184,7 @@ def attention_vs_cpu(*, n_q, n_kv, window, cache_len, slots, seqs, q_scale=1.0, 
     cpu = ops.attention(*args, window=window, device="cpu")
     assert np.isfinite(cuda).all(), "attention read a NaN (an invalid cache entry or a garbage row)"
     mag = np.concatenate(mags)
-    check(cuda, cpu, BF16_U * (np.abs(cpu) + mag) + F32_NOISE * mag,
+    ref.check(cuda, cpu, BF16_U * (np.abs(cpu) + mag) + F32_NOISE * mag,
           f"attention n_q={n_q} n_kv={n_kv} window={window} len={cache_len} seqs={seqs}")
     return cuda
 
@@ -231,7 +213,7 @@ def test_attention_decode_window_edge_odd_batch(window, cache_len):
 @needs_cuda
 def test_attention_decode_one_split_wide_batch():
     # 64 sequences x 8 KV heads = 512 blocks: more than ~3 per SM, so no split-K and no partials.
-    rng = rng_for("wide")
+    rng = ref.rng_for("cuda", "wide")
     seqs = [(s, int(rng.integers(0, 600)), 1) for s in range(64)]
     attention_vs_cpu(n_q=64, n_kv=8, window=0, cache_len=640, slots=64, seqs=seqs)
 
@@ -258,7 +240,7 @@ def test_attention_prefill_group_sizes(n_q, n_kv, window):
 @needs_cuda
 def test_attention_prefill_many_sequences():
     # 40 sequences (more than one warp's worth in the tile lookup) of 1 to 9 tokens plus one of 150.
-    rng = rng_for("many")
+    rng = ref.rng_for("cuda", "many")
     seqs = [(s, int(rng.integers(0, 200)), int(rng.integers(1, 10))) for s in range(40)] + [(40, 60, 150)]
     attention_vs_cpu(n_q=8, n_kv=2, window=128, cache_len=256, slots=41, seqs=seqs)
 
@@ -300,7 +282,7 @@ def decode_step_vs_reference(*, n_q, n_kv, window, cache_len, seqs, seed=0):
     positions [start - cache_len, start) of a random bf16 history and NaN elsewhere. Checks CUDA
     against the float64 reference with the decode bound of the module docstring; a failure names
     the token, its head and its split layout."""
-    rng = rng_for("decode-mixed", seed, n_q, n_kv, window, cache_len, tuple(seqs))
+    rng = ref.rng_for("cuda", "decode-mixed", seed, n_q, n_kv, window, cache_len, tuple(seqs))
     ck = np.full((max(c[0] for c in seqs) + 1, n_kv, cache_len, 64), NAN_BF16, np.uint16)
     cv = ck.copy()
     sinks = rng.standard_normal(n_q).astype(np.float32)
@@ -378,7 +360,7 @@ def test_attention_decode_window_mixed_lengths(n_q, n_kv):
 def test_attention_decode_short_contexts_many_draws(seed):
     # Short contexts are where one bf16 rounding of p shows (weights of ~0.3): 8 sequences of 1-40
     # keys next to one of 2000, four random draws.
-    lengths = rng_for("short-draws", seed).integers(0, 40, 8)
+    lengths = ref.rng_for("cuda", "short-draws", seed).integers(0, 40, 8)
     seqs = [(i, int(n), 1) for i, n in enumerate(lengths)] + [(8, 1999, 1)]
     decode_step_vs_reference(n_q=8, n_kv=2, window=0, cache_len=2048, seqs=seqs, seed=seed)
 
@@ -392,7 +374,7 @@ def chunked_prefill_through_cache(*, n_q, n_kv, window, cache_len, chunks, seed=
     docstring; the message names the chunk (start, T, kernel path) and the window bounds lo of its
     rows. Chunks of T <= 2 take the decode kernel, longer ones the prefill kernel."""
     total = sum(chunks)
-    rng = rng_for("ring", seed, n_q, n_kv, window, cache_len, tuple(chunks))
+    rng = ref.rng_for("cuda", "ring", seed, n_q, n_kv, window, cache_len, tuple(chunks))
     hk = bf16(rng.standard_normal((total, n_kv, 64)))
     hv = bf16(rng.standard_normal((total, n_kv, 64)))
     q_all = bf16(rng.standard_normal((total, n_q, 64)))
@@ -411,7 +393,7 @@ def chunked_prefill_through_cache(*, n_q, n_kv, window, cache_len, chunks, seed=
         lo = [max(0, p - window + 1) if window else 0 for p in (pos[0], pos[-1])]
         assert np.isfinite(out).all(), (
             f"chunk start={start} T={T}: attention read a NaN (a cache row the ring does not hold)")
-        check(out, exact, BF16_U * (np.abs(exact) + mag) + F32_NOISE * mag,
+        ref.check(out, exact, BF16_U * (np.abs(exact) + mag) + F32_NOISE * mag,
               f"{'decode' if T <= 2 else 'prefill'} chunk start={start} T={T} (rows' lo {lo[0]}..{lo[1]}, "
               f"{min(start, start - lo[0])} keys from the cache) n_q={n_q} n_kv={n_kv} window={window} "
               f"len={cache_len}")
@@ -457,7 +439,7 @@ V_FULL = 201088
 
 @needs_cuda
 def test_greedy_full_vocab_matches_cpu():
-    rng = rng_for("greedy")
+    rng = ref.rng_for("cuda", "greedy")
     logits = (rng.standard_normal((5, V_FULL)) * 4).astype(np.float32)
     logits[1, 7] = logits[1, 200000] = logits[1].max() + 2  # tie: lowest id
     logits[2, :] = -1.0
@@ -488,7 +470,7 @@ MIXED = [  # (temperature, top_k, top_p, min_p) per sequence of one batch
 def test_mixed_settings_in_one_batch_match_cpu(V):
     # Each sequence runs its own subset of the passes (greedy stops after the first, others skip
     # top-k or top-p) inside one batch; draws must be those of the CPU, sequence by sequence.
-    rng = rng_for("mixed", V)
+    rng = ref.rng_for("cuda", "mixed", V)
     S = 3 * len(MIXED)
     logits = (rng.standard_normal((S, V)) * 3).astype(np.float32)
     cfg = np.array([MIXED[s % len(MIXED)] for s in range(S)], np.float64)
@@ -515,7 +497,7 @@ def test_mixed_settings_in_one_batch_match_cpu(V):
 @needs_cuda
 def test_sampling_is_deterministic():
     # Fixed-point masses make the GPU's sums independent of the order atomics land in.
-    rng = rng_for("det")
+    rng = ref.rng_for("cuda", "det")
     logits = (rng.standard_normal((16, V_FULL)) * 2).astype(np.float32)
     kw = dict(temperature=1.0, top_k=500, top_p=0.9, min_p=0.0, seed=3, counter=np.arange(16))
     a = ops.sample(logits, device="cuda", **kw)

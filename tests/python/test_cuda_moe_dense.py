@@ -43,21 +43,6 @@ F32_REL = 1e-5
 BF16_OUT = 2.0**-8
 
 
-def rng_for(*key) -> np.random.Generator:
-    return np.random.default_rng(abs(hash(("cuda-b",) + key)) % (2**32))
-
-
-def check(out, exact, bound, what):
-    err = np.abs(np.asarray(out, np.float64) - exact)
-    bad = err > bound
-    if bad.any():
-        i = np.unravel_index(np.argmax(err - bound), err.shape)
-        raise AssertionError(
-            f"{what}: {bad.sum()} of {err.size} elements out of bound; worst at {i}: got {out[i]!r}, "
-            f"expected {exact[i]!r}, |err| {err[i]:.3g} > bound {np.broadcast_to(bound, err.shape)[i]:.3g}"
-        )
-
-
 # ---------------------------------------------------------------------------------------------
 # dense
 # ---------------------------------------------------------------------------------------------
@@ -78,7 +63,7 @@ def dense_path(T, N, K):
 
 
 def dense_case(T, N, K, *, bias=True, y=False, f32_out=False, seed=0):
-    rng = rng_for("dense", T, N, K, seed)
+    rng = ref.rng_for("cuda-b", "dense", T, N, K, seed)
     x = ref.bf16_round(rng.standard_normal((T, K))).astype(np.float32)  # bf16-exact: no input rounding
     wb = ref.random_bf16(rng, (N, K), 0.05)
     w = ref.bf16_bits_to_f32(wb).astype(np.float64)
@@ -89,7 +74,7 @@ def dense_case(T, N, K, *, bias=True, y=False, f32_out=False, seed=0):
     exact = prod + (0 if y0 is None else y0)
     mag = np.abs(x.astype(np.float64)) @ np.abs(w).T + (0 if b is None else np.abs(b))
     bound = F32_ACC * mag + (F32_REL * np.abs(exact) if (y or f32_out) else BF16_OUT * np.abs(exact))
-    check(out, exact, bound, f"dense {dense_path(T, N, K)} T={T} N={N} K={K} bias={bias} acc={y} f32={f32_out}")
+    ref.check(out, exact, bound, f"dense {dense_path(T, N, K)} T={T} N={N} K={K} bias={bias} acc={y} f32={f32_out}")
     return x, wb, b, y0, out
 
 
@@ -130,7 +115,7 @@ def test_dense_cuda_matches_cpu(T, N, K):
     cpu = ops.dense(x, wb, bias=b, f32_out=True, device="cpu")
     w = ref.bf16_bits_to_f32(wb).astype(np.float64)
     mag = np.abs(x.astype(np.float64)) @ np.abs(w).T + np.abs(b)
-    check(out, cpu, (F32_ACC + F32_REL) * mag, f"dense cuda vs cpu {dense_path(T, N, K)} T={T} N={N} K={K}")
+    ref.check(out, cpu, (F32_ACC + F32_REL) * mag, f"dense cuda vs cpu {dense_path(T, N, K)} T={T} N={N} K={K}")
 
 
 # The 20b router and output projection at batched-decode sizes: split-K over blocks in both regimes.
@@ -177,7 +162,7 @@ def moe_path(T, k, E):
 
 
 def moe_inputs(T, E, k, H, I, *, expert_idx=None, seed=0):
-    rng = rng_for("moe", T, E, k, H, I, seed)
+    rng = ref.rng_for("cuda-b", "moe", T, E, k, H, I, seed)
     x = ref.bf16_round(rng.standard_normal((T, H))).astype(np.float32)  # bf16-exact
     if expert_idx is None:
         expert_idx = np.stack([rng.permutation(E)[:k] for _ in range(T)]).astype(np.int32)
@@ -305,7 +290,7 @@ def scale_case(T, scale_bytes):
     args = (x, idx, ew, w1b, w1s, b1, w2b, w2s, b2)
     out = ops.moe(*args, np.zeros((T, H), np.float32), device="cuda")
     exact, mag, _ = ref.moe(*args, return_parts=True)
-    check(out, exact, 2.0**-7 * mag, f"moe {moe_path(T, 1, E)} scale bytes {scale_bytes}")
+    ref.check(out, exact, 2.0**-7 * mag, f"moe {moe_path(T, 1, E)} scale bytes {scale_bytes}")
 
 
 # Scale bytes >= 128 take dequant_steps' two-multiply path, the others one multiply by 2^(s-1):

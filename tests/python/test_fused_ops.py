@@ -36,20 +36,6 @@ F32_ACC = 2.0**-16
 BF16_U = 2.0**-8
 
 
-def rng_for(*key) -> np.random.Generator:
-    return np.random.default_rng(abs(hash(("fused",) + key)) % (2**32))
-
-
-def check(out, want, bound, what):
-    err = np.abs(np.asarray(out, np.float64) - np.asarray(want, np.float64))
-    bound = np.broadcast_to(bound, err.shape)
-    bad = err > bound
-    if bad.any():
-        i = np.unravel_index(np.argmax(err - bound), err.shape)
-        raise AssertionError(f"{what}: {bad.sum()} of {err.size} out of bound; worst at {i}: got {out[i]!r}, "
-                             f"want {want[i]!r}, |err| {err[i]:.3g} > {bound[i]:.3g}")
-
-
 def pair_sum(a):
     """a [T, heads*64] -> a[i] + a[i + 32] at both i and i + 32 of every head (the RoPE pairs)."""
     h = np.asarray(a, np.float64).reshape(a.shape[0], -1, 2, 32)
@@ -57,7 +43,7 @@ def pair_sum(a):
 
 
 def attn_case(T, H, n_q, n_kv, seed=0):
-    rng = rng_for("attn", T, H, n_q, n_kv, seed)
+    rng = ref.rng_for("fused", "attn", T, H, n_q, n_kv, seed)
     N = (n_q + 2 * n_kv) * 64
     x = (rng.standard_normal((T, H)) * 3).astype(np.float32)
     nw = (1 + 0.1 * rng.standard_normal(H)).astype(np.float32)
@@ -69,7 +55,7 @@ def attn_case(T, H, n_q, n_kv, seed=0):
 
 
 def cache_case(T, n_kv, len_, seed=0):
-    rng = rng_for("cache", T, n_kv, len_, seed)
+    rng = ref.rng_for("fused", "cache", T, n_kv, len_, seed)
     slots = T + 2
     ck = ref.random_bf16(rng, (slots, n_kv, len_, 64))
     cv = ref.random_bf16(rng, (slots, n_kv, len_, 64))
@@ -100,11 +86,11 @@ def test_attn_input_matches_reference(device, T, H, n_q, n_kv):
     pair_mag = pair_sum(np.abs(y))
     if act_bf16:
         bound = conc * (F32_ACC * mag + BF16_U * pair_mag) + BF16_U * np.abs(want) + 1e-6
-        check(xn, xn_ref, BF16_U * np.abs(xn_ref) + 1e-6, f"attn_input xn {device} T={T} H={H}")
+        ref.check(xn, xn_ref, BF16_U * np.abs(xn_ref) + 1e-6, f"attn_input xn {device} T={T} H={H}")
     else:
         bound = conc * (F32_REL * mag) + F32_REL * np.abs(want) + 1e-6
-        check(xn, xn_ref, F32_REL * np.abs(xn_ref) + 1e-6, f"attn_input xn {device} T={T} H={H}")
-    check(qkv, want, bound, f"attn_input qkv {device} T={T} H={H} heads={n_q}/{n_kv} (q {Q} cols)")
+        ref.check(xn, xn_ref, F32_REL * np.abs(xn_ref) + 1e-6, f"attn_input xn {device} T={T} H={H}")
+    ref.check(qkv, want, bound, f"attn_input qkv {device} T={T} H={H} heads={n_q}/{n_kv} (q {Q} cols)")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -144,7 +130,7 @@ def test_cuda_attn_input_fused_matches_op_by_op(T, H, n_q, n_kv):
     q1, k1 = ops.rope(y1[:, :Q], y1[:, Q:R], pos, cos, sin, device="cuda")
     out1 = np.concatenate([q1, k1, y1[:, R:]], axis=1)
     path = "fused kernel" if T <= 8 else "composition"
-    check(xn, xn1, 2 * BF16_U * np.abs(xn1), f"attn_input xn ({path}) T={T} H={H}")
+    ref.check(xn, xn1, 2 * BF16_U * np.abs(xn1), f"attn_input xn ({path}) T={T} H={H}")
     wf = ref.bf16_bits_to_f32(w).astype(np.float64)
     mag = pair_sum(np.abs(np.asarray(xn1, np.float64)) @ np.abs(wf).T + np.abs(b))
     xn_diff = pair_sum(np.abs(np.asarray(xn, np.float64) - xn1) @ np.abs(wf).T)  # if an xn rounded apart
@@ -152,7 +138,7 @@ def test_cuda_attn_input_fused_matches_op_by_op(T, H, n_q, n_kv):
     pair_mag = pair_sum(np.abs(np.asarray(y1, np.float64)))
     # Two roundings of nearly equal values may land one ulp (<= 2 x 2^-8 relative) apart.
     bound = conc * (2 * F32_ACC * mag + xn_diff + 2 * BF16_U * pair_mag) + 2 * BF16_U * np.abs(out1) + 1e-6
-    check(qkv, out1, bound, f"attn_input qkv ({path}) vs op by op T={T} H={H} heads={n_q}/{n_kv}")
+    ref.check(qkv, out1, bound, f"attn_input qkv ({path}) vs op by op T={T} H={H} heads={n_q}/{n_kv}")
     ck1, cv1 = ops.kv_append(qkv[:, Q:R], qkv[:, R:], ck, cv, seq_slot, pos, np.ones(T, np.int32), device="cuda")
     np.testing.assert_array_equal(ck2, ck1)
     np.testing.assert_array_equal(cv2, cv1)
@@ -168,7 +154,7 @@ def test_attn_input_rejects_bad_slot(device):
 
 
 def moe_case(T, H, E, seed=0):
-    rng = rng_for("moe", T, H, E, seed)
+    rng = ref.rng_for("fused", "moe", T, H, E, seed)
     x = (rng.standard_normal((T, H)) * 3).astype(np.float32)
     nw = (1 + 0.1 * rng.standard_normal(H)).astype(np.float32)
     w = ref.random_bf16(rng, (E, H), 0.05)
@@ -183,7 +169,7 @@ def check_topk(idx, wts, logits, bound, k, what):
     ordered_gaps = np.abs(np.diff(srt[:, : k + 1], axis=-1))  # within the top k and to the (k+1)-th
     clear = (ordered_gaps > 2 * np.max(bound, axis=-1, keepdims=True)).all(axis=-1)
     np.testing.assert_array_equal(idx[clear], want_idx[clear], err_msg=what + " experts")
-    check(wts[clear], want_w[clear], 1e-5 * np.abs(want_w[clear]) + 1e-6, what + " weights")
+    ref.check(wts[clear], want_w[clear], 1e-5 * np.abs(want_w[clear]) + 1e-6, what + " weights")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -194,13 +180,13 @@ def test_moe_input_matches_reference(device, T, H, E, k):
     xn, logits, idx, wts = ops.moe_input(x, nw, w, b, k, device=device)
     act_bf16 = ops.backend_info(device)["act_type"] == "BF16"
     xn_ref = ref.rmsnorm(x, nw)
-    check(xn, xn_ref, (BF16_U if act_bf16 else F32_REL) * np.abs(xn_ref) + 1e-6, f"moe_input xn {device} T={T}")
+    ref.check(xn, xn_ref, (BF16_U if act_bf16 else F32_REL) * np.abs(xn_ref) + 1e-6, f"moe_input xn {device} T={T}")
     xin = np.asarray(xn, np.float64)  # the bf16 (or f32) values the router read
     wf = ref.bf16_bits_to_f32(w).astype(np.float64)
     want = xin @ wf.T + b
     mag = np.abs(xin) @ np.abs(wf).T + np.abs(b)
     bound = (F32_ACC if act_bf16 else F32_REL) * mag + 1e-6
-    check(logits, want, bound, f"moe_input logits {device} T={T} H={H} E={E}")
+    ref.check(logits, want, bound, f"moe_input logits {device} T={T} H={H} E={E}")
     check_topk(idx, wts, np.asarray(logits, np.float64), np.zeros_like(bound), k, f"moe_input {device} T={T} E={E}")
 
 
@@ -213,11 +199,11 @@ def test_cuda_moe_input_fused_matches_op_by_op(T, H, E, k):
     xn1 = ops.rmsnorm(x, nw, device="cuda")
     lg1 = ops.dense(xn1, w, bias=b, f32_out=True, device="cuda")
     path = "fused kernel" if T <= 8 else "composition"
-    check(xn, xn1, 2 * BF16_U * np.abs(xn1), f"moe_input xn ({path}) T={T}")
+    ref.check(xn, xn1, 2 * BF16_U * np.abs(xn1), f"moe_input xn ({path}) T={T}")
     wf = ref.bf16_bits_to_f32(w).astype(np.float64)
     mag = np.abs(np.asarray(xn1, np.float64)) @ np.abs(wf).T + np.abs(b)
     bound = 2 * F32_ACC * mag + np.abs(np.asarray(xn, np.float64) - xn1) @ np.abs(wf).T + 1e-6
-    check(logits, lg1, bound, f"moe_input logits ({path}) vs op by op T={T} E={E}")
+    ref.check(logits, lg1, bound, f"moe_input logits ({path}) vs op by op T={T} E={E}")
     # The top-k ran on the fused kernel's own logits: exact against the reference selection on them.
     check_topk(idx, wts, np.asarray(logits, np.float64), np.zeros_like(bound), k, f"moe_input ({path}) T={T} E={E}")
     for _ in range(2):  # repeated calls: the split-K and finished-tile counters were left at zero

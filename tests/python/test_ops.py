@@ -12,8 +12,6 @@ Tolerances are stated where they are used. The general rules:
 """
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import pytest
 
@@ -23,23 +21,6 @@ from gpt_oss_c import _core
 ops = _core.ops
 BF16_REL = 2.0**-8  # two bf16 roundings (input and output), each <= 2^-9 relative
 F32_REL = 1e-5
-
-
-def rng_for(*key) -> np.random.Generator:
-    """A generator seeded by the test's own key: reproducible across runs (str hash() is not)."""
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-def check(out, exact, bound, what):
-    """Elementwise |out - exact| <= bound, with a message naming the worst element."""
-    err = np.abs(np.asarray(out, np.float64) - exact)
-    bad = err > bound
-    if bad.any():
-        i = np.unravel_index(np.argmax(err - bound), err.shape)
-        raise AssertionError(
-            f"{what}: {bad.sum()} of {err.size} elements out of bound; worst at {i}: got {out[i]!r}, "
-            f"expected {exact[i]!r}, |err| {err[i]:.3g} > bound {np.broadcast_to(bound, err.shape)[i]:.3g}"
-        )
 
 
 def check_vs_bf16_sim(out, exact, sim, f32_bound, what):
@@ -56,7 +37,7 @@ def check_vs_bf16_sim(out, exact, sim, f32_bound, what):
 
 @pytest.mark.parametrize("T,H,V", [(1, 96, 7), (17, 160, 1000), (129, 2880, 301)])
 def test_embed_copies_rows_exactly(device, T, H, V):
-    rng = rng_for("embed", T, H)
+    rng = ref.rng_for("embed", T, H)
     table = ref.random_bf16(rng, (V, H))
     ids = rng.integers(0, V, T).astype(np.int32)
     ids[0], ids[-1] = 0, V - 1  # both ends of the table
@@ -66,7 +47,7 @@ def test_embed_copies_rows_exactly(device, T, H, V):
 
 
 def test_embed_rejects_bad_ids(device):
-    table = ref.random_bf16(rng_for("embed-bad"), (10, 32))
+    table = ref.random_bf16(ref.rng_for("embed-bad"), (10, 32))
     with pytest.raises(ValueError, match="outside"):
         ops.embed(np.array([3, 10], np.int32), table, device=device)
     with pytest.raises(ValueError, match="uint16"):
@@ -81,24 +62,24 @@ def test_embed_rejects_bad_ids(device):
 @pytest.mark.parametrize("T", [1, 3, 17, 129])
 @pytest.mark.parametrize("H", [96, 160, 2880])
 def test_rmsnorm(device, act, T, H):
-    rng = rng_for("rmsnorm", T, H)
+    rng = ref.rng_for("rmsnorm", T, H)
     x = (rng.standard_normal((T, H)) * 3 + 0.5).astype(np.float32)
     w = rng.standard_normal(H).astype(np.float32)
     out = ops.rmsnorm(x, w, device=device)
     exact = ref.rmsnorm(x, w)
     # Elementwise product after one reduction: purely relative error (a few f32 ulps), or one
     # bf16 rounding of the output.
-    check(out, exact, (F32_REL if act == "F32" else BF16_REL) * np.abs(exact), "rmsnorm")
+    ref.check(out, exact, (F32_REL if act == "F32" else BF16_REL) * np.abs(exact), "rmsnorm")
 
 
 def test_rmsnorm_gathers_rows(device, act):
-    rng = rng_for("rmsnorm-rows")
+    rng = ref.rng_for("rmsnorm-rows")
     x = rng.standard_normal((10, 96)).astype(np.float32)
     w = rng.standard_normal(96).astype(np.float32)
     rows = np.array([9, 0, 4, 4], np.int32)
     out = ops.rmsnorm(x, w, rows=rows, eps=1e-3, device=device)
     exact = ref.rmsnorm(x[rows], w, eps=1e-3)
-    check(out, exact, (F32_REL if act == "F32" else BF16_REL) * np.abs(exact), "rmsnorm rows")
+    ref.check(out, exact, (F32_REL if act == "F32" else BF16_REL) * np.abs(exact), "rmsnorm rows")
     with pytest.raises(ValueError, match="rows"):
         ops.rmsnorm(x, w, rows=np.array([10], np.int32), device=device)
 
@@ -119,19 +100,19 @@ def dense_bound(act, x, w, bias, exact):
 @pytest.mark.parametrize("T", [1, 3, 17, 129])
 @pytest.mark.parametrize("N,K", [(96, 160), (33, 2880), (130, 100)])
 def test_dense(device, act, T, N, K):
-    rng = rng_for("dense", T, N, K)
+    rng = ref.rng_for("dense", T, N, K)
     x = rng.standard_normal((T, K)).astype(np.float32)
     wb = ref.random_bf16(rng, (N, K), 0.05)
     w = ref.bf16_bits_to_f32(wb).astype(np.float64)
     bias = rng.standard_normal(N).astype(np.float32)
     out = ops.dense(x, wb, bias=bias, device=device)
     exact = x.astype(np.float64) @ w.T + bias
-    check(out, exact, dense_bound(act, x, w, bias, exact), "dense")
+    ref.check(out, exact, dense_bound(act, x, w, bias, exact), "dense")
 
 
 @pytest.mark.parametrize("T", [1, 17])
 def test_dense_accumulates_into_residual(device, act, T):
-    rng = rng_for("dense-acc", T)
+    rng = ref.rng_for("dense-acc", T)
     x = rng.standard_normal((T, 160)).astype(np.float32)
     wb = ref.random_bf16(rng, (96, 160), 0.1)
     w = ref.bf16_bits_to_f32(wb).astype(np.float64)
@@ -139,11 +120,11 @@ def test_dense_accumulates_into_residual(device, act, T):
     out = ops.dense(x, wb, y=y, device=device)  # no bias: the nullptr path
     exact = y + x.astype(np.float64) @ w.T
     bound = dense_bound(act, x, w, None, exact - y) + F32_REL * np.abs(y)  # residual stays f32
-    check(out, exact, bound, "dense accumulate")
+    ref.check(out, exact, bound, "dense accumulate")
 
 
 def test_dense_f32_output(device, act):
-    rng = rng_for("dense-f32")
+    rng = ref.rng_for("dense-f32")
     x = rng.standard_normal((3, 96)).astype(np.float32)
     wb = ref.random_bf16(rng, (32, 96))
     w = ref.bf16_bits_to_f32(wb).astype(np.float64)
@@ -151,7 +132,7 @@ def test_dense_f32_output(device, act):
     exact = x.astype(np.float64) @ w.T
     mag = np.abs(x.astype(np.float64)) @ np.abs(w).T
     # f32 output: only the input rounding remains on a bf16 backend.
-    check(out, exact, (F32_REL if act == "F32" else BF16_REL) * mag, "dense f32 out")
+    ref.check(out, exact, (F32_REL if act == "F32" else BF16_REL) * mag, "dense f32 out")
 
 
 def test_dense_rejects_bad_shapes(device):
@@ -186,7 +167,7 @@ def test_yarn_reference_matches_spec():
 @pytest.mark.parametrize("T", [1, 17, 129])
 @pytest.mark.parametrize("n_q,n_kv", [(8, 2), (64, 8)])
 def test_rope(device, act, T, n_q, n_kv):
-    rng = rng_for("rope", T, n_q)
+    rng = ref.rng_for("rope", T, n_q)
     P = 131072  # the full YaRN context: positions near the end have the largest angles
     cos, sin = ref.rope_tables(P)
     cos32, sin32 = cos.astype(np.float32), sin.astype(np.float32)
@@ -201,7 +182,7 @@ def test_rope(device, act, T, n_q, n_kv):
         c, sn = np.abs(cos32[pos])[:, None, :], np.abs(sin32[pos])[:, None, :]
         mag = np.concatenate([a * c + b * sn, b * c + a * sn], axis=-1).reshape(T, -1)
         # Two products and one add per element: <= 3 * 2^-24 relative to |a c| + |b s|.
-        check(out, exact, (F32_REL if act == "F32" else BF16_REL) * (mag + np.abs(exact)), f"rope {name}")
+        ref.check(out, exact, (F32_REL if act == "F32" else BF16_REL) * (mag + np.abs(exact)), f"rope {name}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +223,7 @@ def attention_case(device, act, kv, *, n_q, n_kv, window, cache_len, slots, seqs
     absolute positions [0, start + count). The cache (dtype kv) holds the history of positions
     [start - cache_len, start) at p % cache_len and NaN everywhere else. The reference sees every
     key and value at the cache's precision, this step's included (ops.h)."""
-    rng = rng_for("attn", seed, n_q, window, cache_len, tuple(seqs))
+    rng = ref.rng_for("attn", seed, n_q, window, cache_len, tuple(seqs))
     ck = empty_cache(kv, (slots, n_kv, cache_len, 64))
     cv = ck.copy()
     sinks = (rng.standard_normal(n_q) + sink_shift).astype(np.float32)
@@ -274,7 +255,7 @@ def attention_case(device, act, kv, *, n_q, n_kv, window, cache_len, slots, seqs
     f32_bound = F32_REL * np.concatenate(mag).reshape(T, -1)
     what = f"attention {kv} cache, window={window} len={cache_len} seqs={seqs}"
     if act == "F32":
-        check(out, exact, f32_bound, what)
+        ref.check(out, exact, f32_bound, what)
     else:
         check_vs_bf16_sim(out, exact, sim, f32_bound, what)
     return out
@@ -351,7 +332,7 @@ def test_cpu_attention_prefill_equals_chunked_prefill_then_decode(kv_dtype):
     """Prefill of 40 tokens in one step == 25 tokens, kv_append, then 15 (the K/V precision rule).
     Exact on the CPU: the same keys at the same precision, and a row's operations depend only on its
     own key range."""
-    rng = rng_for("attn-chunks")
+    rng = ref.rng_for("attn-chunks")
     n_q, n_kv, L = 8, 2, 128
     q = rng.standard_normal((40, n_q * 64)).astype(np.float32)
     k = rng.standard_normal((40, n_kv * 64)).astype(np.float32)
@@ -374,7 +355,7 @@ def test_cpu_attention_long_rows_bitwise_independent_of_threads_and_batch():
     decoded after a kv_append of its history: on 1 thread (T * n_kv = 4 items: no key split), on 2
     and 7 threads (the 3 key chunks of each row on different threads); and as the last row of a
     one-step prefill (2100 * 4 items: each row's chunks merged on one thread)."""
-    rng = rng_for("attn-threads")
+    rng = ref.rng_for("attn-threads")
     n_q, n_kv, P = 8, 4, 2100
     q = rng.standard_normal((P, n_q * 64)).astype(np.float32)
     k = rng.standard_normal((P, n_kv * 64)).astype(np.float32)
@@ -416,7 +397,7 @@ def test_attention_rejects_cache_dtypes(device):
 
 
 def test_kv_append_ring_and_long_chunks(device, kv):
-    rng = rng_for("kv")
+    rng = ref.rng_for("kv")
     slots, n_kv, L = 3, 2, 128
     ck0 = to_cache(kv, rng.standard_normal((slots, n_kv, L, 64)))
     cv0 = to_cache(kv, rng.standard_normal((slots, n_kv, L, 64)))
@@ -464,7 +445,7 @@ def test_kv_append_rejects_bad_batches(device):
 
 @pytest.mark.parametrize("T,E,k", [(1, 32, 4), (17, 128, 4), (3, 5, 5), (129, 32, 1)])
 def test_router_topk(device, T, E, k):
-    rng = rng_for("router", T, E, k)
+    rng = ref.rng_for("router", T, E, k)
     logits = (rng.standard_normal((T, E)) * 2).astype(np.float32)
     idx, w = ops.router_topk(logits, k, device=device)
     eidx, ew = ref.router_topk(logits, k)
@@ -486,7 +467,7 @@ def test_router_topk_ties_prefer_lower_index(device):
 
 
 def moe_case(device, act, *, T, E, k, H, I, expert_idx=None, seed=0, e1=None, e2=None):
-    rng = rng_for("moe", seed, T, E, k, H, I)
+    rng = ref.rng_for("moe", seed, T, E, k, H, I)
     x = rng.standard_normal((T, H)).astype(np.float32)
     if expert_idx is None:
         expert_idx = np.stack([rng.permutation(E)[:k] for _ in range(T)]).astype(np.int32)
@@ -508,7 +489,7 @@ def moe_case(device, act, *, T, E, k, H, I, expert_idx=None, seed=0, e1=None, e2
     f32_bound = F32_REL * (mag.max(axis=1, keepdims=True) + np.abs(y0))
     what = f"moe T={T} E={E} k={k} H={H} I={I}"
     if act == "F32":
-        check(out, exact, f32_bound, what)
+        ref.check(out, exact, f32_bound, what)
     else:
         sim = y0 + ref.moe(*args, act_round=ref.bf16_round)
         check_vs_bf16_sim(out, exact, sim, f32_bound, what)
@@ -555,7 +536,7 @@ def test_moe_result_independent_of_thread_count():
 def test_cpu_decode_rows_equal_prefill_rows_bitwise():
     """On the CPU a token's dense and MoE outputs do not depend on what else is in the step: the
     kernels compute each (row, token) with the same operations whatever the tile (simd.h)."""
-    rng = rng_for("batch-invariance")
+    rng = ref.rng_for("batch-invariance")
     x = rng.standard_normal((17, 160)).astype(np.float32)
     wb = ref.random_bf16(rng, (96, 160), 0.1)
     full = ops.dense(x, wb)
@@ -593,7 +574,7 @@ def test_philox_reference_known_answers():
 
 
 def test_greedy_full_vocab_and_logprob(device):
-    rng = rng_for("greedy")
+    rng = ref.rng_for("greedy")
     logits = (rng.standard_normal((3, V_FULL)) * 4).astype(np.float32)
     logits[1, 5] = logits[1, 9] = logits[1].max() + 1  # tie: the lowest id wins
     tok, lp = ops.sample(logits, 0.0, device=device)
@@ -603,7 +584,7 @@ def test_greedy_full_vocab_and_logprob(device):
 
 
 def test_seeded_draws_are_reproducible_and_batch_independent(device):
-    rng = rng_for("seeded")
+    rng = ref.rng_for("seeded")
     logits = rng.standard_normal((4, 5000)).astype(np.float32)
     kw = dict(temperature=1.0, top_k=0, top_p=0.95, min_p=0.0)
     seeds = np.array([1, 2, 3, 2**63 + 5], np.uint64)
@@ -632,7 +613,7 @@ CASES = [
 @pytest.mark.parametrize("V", [1000, V_FULL])
 @pytest.mark.parametrize("temperature,top_k,top_p,min_p", CASES)
 def test_draws_match_reference(device, V, temperature, top_k, top_p, min_p):
-    rng = rng_for("draw", V)
+    rng = ref.rng_for("draw", V)
     logits = (rng.standard_normal(V) * 3).astype(np.float32)
     S = 64 if V < V_FULL else 8
     counters = np.arange(S) * 7919
