@@ -42,20 +42,25 @@ def rel_err(actual, desired):
     return float(np.linalg.norm(np.asarray(actual, np.float64) - desired) / np.linalg.norm(desired))
 
 
-def near_tie_positions(ckpt, ids) -> set[int]:
-    """Positions of `ids` whose routing is a near-tie in some layer: the 4th and 5th router logits
-    within NEAR_TIE (the forward replayed op by op on the CPU, test_cuda_engine_replay.Replay)."""
+def near_tie_positions(ckpt, *sequences) -> list[set[int]]:
+    """Per id sequence, the positions whose routing is a near-tie in some layer: the 4th and 5th
+    router logits within NEAR_TIE (the forward replayed op by op on the CPU,
+    test_cuda_engine_replay.Replay)."""
     from test_cuda_engine_replay import NEAR_TIE, Replay, read_safetensors
 
-    model = gpt_oss_c.load(ckpt, device="cpu")
-    replay = Replay(read_safetensors(Path(ckpt)), model.config, "cpu", "cpu")
-    replay.run(list(ids), len(ids))
-    k = model.config.experts_per_token
-    ties = set()
-    for per_step in replay.router:
-        top = -np.sort(-per_step[0], axis=1)
-        ties.update(np.nonzero(top[:, k - 1] - top[:, k] < NEAR_TIE)[0].tolist())
-    return ties
+    cfg = gpt_oss_c.load(ckpt, device="cpu").config
+    weights = read_safetensors(Path(ckpt))
+    k = cfg.experts_per_token
+    out = []
+    for ids in sequences:
+        replay = Replay(weights, cfg, "cpu", "cpu")
+        replay.run(list(ids), len(ids))
+        ties = set()
+        for per_step in replay.router:
+            top = -np.sort(-per_step[0], axis=1)
+            ties.update(np.nonzero(top[:, k - 1] - top[:, k] < NEAR_TIE)[0].tolist())
+        out.append(ties)
+    return out
 
 
 def assert_rows_close(rows, device):
@@ -97,7 +102,7 @@ def test_stepwise_decode_matches_full_forward(ckpt, device):
     eng = model._engine
     n0 = 3
     _, _, first = eng.step([(0, 0, ids[:n0], None)], 1, False)
-    ties = near_tie_positions(ckpt, ids) if device == "cuda" else set()
+    ties = near_tie_positions(ckpt, ids)[0] if device == "cuda" else set()
     rows = [(first[0], full[n0 - 1], f"position {n0 - 1}", n0 - 1 in ties)]
     for p in range(n0, len(ids)):  # one token per step, wrapping the ring of the sliding layers
         _, _, row = eng.step([(0, p, [ids[p]], None)], 1, False)
@@ -118,7 +123,7 @@ def test_batched_step_matches_single_sequences(ckpt, device):
     nxt = ids_for(model, 7, 99)
     steps = [[nxt[:1], nxt[1:4], nxt[:1]]] + [[nxt[4 + s : 5 + s]] * 3 for s in range(3)]
     full = [list(p) + sum((st[i] for st in steps), []) for i, p in enumerate(prompts)]
-    ties = [near_tie_positions(ckpt, f) if device == "cuda" else set() for f in full]
+    ties = near_tie_positions(ckpt, *full) if device == "cuda" else [set()] * 3
     rows = [(out[i], singles[i], f"sequence {i}", lens[i] - 1 in ties[i]) for i in range(3)]
     seqs = [list(p) for p in prompts]
     for s, extras in enumerate(steps):
