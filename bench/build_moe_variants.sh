@@ -12,7 +12,7 @@ PY=${PY:-/root/.pyenv/versions/3.12.1/bin/python}  # the device machine's Python
 F="-std=c++17 -O3 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Icsrc -Icuda"
 mkdir -p build/bench/obj .whl/var
 for f in bench/cuda_kernels_main.cu bench/cuda_kernels_check.cu cuda/dense_bf16.cu cuda/moe_mxfp4.cu \
-         cuda/moe_mxfp4_gemm.cu cuda/moe_mxfp4_wgmma.cu cuda/expert_route.cu cuda/mxfp4_layout.cu; do
+         cuda/moe_mxfp4_stream.cu cuda/moe_mxfp4_gemm.cu cuda/moe_mxfp4_wgmma.cu cuda/expert_route.cu cuda/mxfp4_layout.cu; do
   nvcc $F -c "$f" -o "build/bench/obj/$(basename "$f" .cu).o"
 done
 grep -v '^#' bench/moe_decode_shapes.txt | grep . > .whl/var/list.txt

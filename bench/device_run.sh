@@ -81,6 +81,24 @@ for stage in "$@"; do
       if [ -n "$best" ]; then
         python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/var/$best/*.whl && echo "== installed $best"
       fi ;;
+    stream)
+      # The streaming decode MoE (GPT_OSS_C_MOE_DECODE=stream) against the shipped one: kernel check and
+      # timings of both, the MoE tests, e2e and the bench with it.
+      mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
+      GPT_OSS_C_MOE_DECODE=stream timeout 120 build/bench/cuda_kernels check moe > "$OUT/stream_check.log" 2>&1
+      echo "== stream check rc=$?: $(tail -n 1 "$OUT/stream_check.log")"; grep -E "FAIL|HANG" "$OUT/stream_check.log" | head
+      for m in shipped stream; do
+        GPT_OSS_C_MOE_DECODE=$m timeout 60 build/bench/cuda_kernels 20 moe > "$OUT/stream_bench_$m.log" 2>&1
+        echo "== $m: $(grep -o '"shape": "T=[0-9]* E=[0-9]*[^"]*", "us": [0-9.]*' "$OUT/stream_bench_$m.log" | head -4 | sed 's/"shape": //; s/ k=4 H=I=2880//' | tr '\n' ' ')"
+      done
+      export GPT_OSS_C_MOE_DECODE=stream
+      timeout 90 python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda_moe_dense.py -k "moe and not portable" \
+        > "$OUT/stream_tests.log" 2>&1; echo "== stream moe tests: $(tail -n 1 "$OUT/stream_tests.log")"
+      timeout 120 python3 -m pytest -q -p no:cacheprovider tests/python/test_engine.py tests/python/test_oracle.py \
+        tests/python/test_cuda_engine_replay.py -k cuda > "$OUT/stream_e2e.log" 2>&1; echo "== stream e2e: $(tail -n 1 "$OUT/stream_e2e.log")"
+      timeout 200 python3 -m gpt_oss_c.bench --size 20b --quick --out "$OUT/bench20b_stream.json" > "$OUT/bench20b_stream.log" 2>&1
+      grep -E "decode_bs1|batch8|prefill_512" "$OUT/bench20b_stream.log"
+      unset GPT_OSS_C_MOE_DECODE ;;
     ncu_moe)
       # The decode MoE (T = 1, 20b shapes) under Nsight Compute: the first mlp1 / mlp2 gemv launches of
       # the kernel micro-benchmark.

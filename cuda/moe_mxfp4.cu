@@ -6,6 +6,8 @@
 //   l = clamp(u_lin, -limit, limit);  z = a * sigmoid(alpha a) * (l + 1)   (rounded to bf16)
 //   y[t] += sum_j w (W2[e] z + b2[e])   (the k terms summed in slot order, then added to y)
 // Paths:
+//  * T * k <= kStreamMaxSlots with GPT_OSS_C_MOE_DECODE=stream: moe_mxfp4_stream.cu, a warp per
+//    (expert, tile) streaming the whole K (the candidate replacement of the decode shape below).
 //  * T * k <= kGemvMaxSlots (decode, batched decode): moe_mxfp4_gemv.cu, two launches, no routing
 //    pass; mlp2 fuses the combine and, through programmatic dependent launch (sm_90) and per-row-
 //    group ready flags, runs concurrently with mlp1's tail.
@@ -18,6 +20,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -40,6 +44,14 @@ int device_cc_major() {
 }
 
 bool use_pdl() { return !cuda_force_portable() && device_cc_major() >= 9; }
+
+bool stream_selected() {
+  static const bool on = [] {
+    const char* v = std::getenv("GPT_OSS_C_MOE_DECODE");
+    return v && std::strcmp(v, "stream") == 0;
+  }();
+  return on;
+}
 
 Status ensure_smem(const void* kernel, size_t bytes, const char* name) {
   int dev = 0;
@@ -173,6 +185,39 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
   MoeWorkspace w;
   workspace_layout(S, size_t(p.E), size_t(p.H), size_t(p.I), static_cast<char*>(workspace), &w);
 
+  if (S <= size_t(moe::kStreamMaxSlots) && moe::stream_selected()) {
+    moe::GemvArgs g;
+    g.expert_idx = p.expert_idx;
+    g.expert_w = p.expert_w;
+    g.T = p.T;
+    g.k = p.k;
+    g.E = p.E;
+    g.z = w.z;
+    g.I = p.I;
+    g.alpha = p.swiglu_alpha;
+    g.limit = p.swiglu_limit;
+    g.partial = w.partial;
+    g.y = p.y;
+    g.ldy = p.ldy;
+    g.counters = w.counters;
+    g.n_counters = p.H / kMxfp4TileRows;  // one per mlp2 output tile (the workspace holds H / 16 + 1)
+    g.act = static_cast<const bf16_t*>(p.x);
+    g.ld_act = p.ldx;
+    g.wb = p.w1_blocks;
+    g.ws = p.w1_scales;
+    g.bias = p.b1;
+    g.R = 2 * p.I;
+    g.K = p.H;
+    GPTOSS_RETURN_IF_ERROR(moe::launch_stream(g, true, false, stream));
+    g.act = w.z;
+    g.ld_act = p.I;
+    g.wb = p.w2_blocks;
+    g.ws = p.w2_scales;
+    g.bias = p.b2;
+    g.R = p.H;
+    g.K = p.I;
+    return moe::launch_stream(g, false, moe::use_pdl(), stream);
+  }
   if (S <= size_t(moe::kGemvMaxSlots)) {
     const moe::GemvShape gs = gemv_shape(int(S), p.E);
     moe::GemvArgs g;

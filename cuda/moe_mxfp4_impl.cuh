@@ -154,6 +154,13 @@ struct GemvArgs {
   int z_group_units = 0;                // z columns per mlp1 row group (mlp2)
 };
 
+// moe_mxfp4_stream.cu: one warp per (expert rank, 16-row tile) over the whole K, for T * k <=
+// kStreamMaxSlots; selected by GPT_OSS_C_MOE_DECODE=stream (stream_selected()). Uses GemvArgs
+// without the ready flags; n_counters >= H / 16 (one arrival counter per output tile).
+constexpr int kStreamMaxSlots = 32;
+bool stream_selected();
+Status launch_stream(const GemvArgs& a, bool mlp1, bool pdl, cudaStream_t stream);
+
 // Number of row groups (blocks along x) for R rows, and rows per group.
 int gemv_row_groups(int R, GemvShape shape);
 int gemv_group_rows(GemvShape shape);
