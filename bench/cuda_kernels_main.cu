@@ -318,6 +318,7 @@ int main(int argc, char** argv) {
     p.x = x; p.ldx = c.H; p.x_type = DType::BF16; p.expert_idx = idx; p.expert_w = ew;
     p.w1_blocks = w1b; p.w1_scales = w1s; p.b1 = b1; p.w2_blocks = w2b; p.w2_scales = w2s; p.b2 = b2;
     p.y = y; p.ldy = c.H; p.T = c.T; p.E = c.E; p.k = c.k; p.H = c.H; p.I = c.I;
+    p.scales_below_128 = true;  // fill_bytes above: scale bytes 116 .. 121, as in real checkpoints
     float us = 0;
     if (timer.time([&] { return launch_moe_mxfp4(p, ws, ws_bytes, stream); }, reps, &us)) return 1;
     const double expert_bytes = double(b1b + b1s + b2b + b2s) / c.E;

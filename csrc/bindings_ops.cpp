@@ -377,6 +377,8 @@ py::array_t<float> op_moe(const py::object& x_o, const py::object& idx_o, const 
     MoEParams p;
     p.T = T; p.E = E; p.k = k; p.H = H; p.I = I; p.ldx = H; p.ldy = H; p.x_type = c.act();
     p.swiglu_alpha = alpha; p.swiglu_limit = limit;
+    p.scales_below_128 = mxfp4_scales_below_128(w1s.data(), size_t(w1s.size())) &&
+                         mxfp4_scales_below_128(w2s.data(), size_t(w2s.size()));
     GPTOSS_RETURN_IF_ERROR(c.upload_act(x.data(), size_t(T) * H, "x", &p.x));
     GPTOSS_RETURN_IF_ERROR(c.upload(idx.data(), size_t(T) * k, "expert_idx", &p.expert_idx));
     GPTOSS_RETURN_IF_ERROR(c.upload(ew.data(), size_t(T) * k, "expert_w", &p.expert_w));

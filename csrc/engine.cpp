@@ -328,6 +328,11 @@ Status Engine::load_weights(const std::vector<TensorRef>& tensors) {
     GPTOSS_RETURN_IF_ERROR(raw(p + "w1_scales", WeightKind::Mxfp4Scales, &w.w1_scales));
     GPTOSS_RETURN_IF_ERROR(raw(p + "w2_blocks", WeightKind::Mxfp4Blocks, &w.w2_blocks));
     GPTOSS_RETURN_IF_ERROR(raw(p + "w2_scales", WeightKind::Mxfp4Scales, &w.w2_scales));
+    w.scales_below_128 = true;
+    for (const char* n : {"w1_scales", "w2_scales"}) {
+      const auto& f = found[p + n];
+      w.scales_below_128 = w.scales_below_128 && mxfp4_scales_below_128(f.second, f.first->nbytes);
+    }
   }
   // A device backend holds its own copies now: drop the host conversions and the mappings.
   if (!backend_->host_memory()) {
@@ -684,6 +689,7 @@ Status Engine::forward(const BatchDesc& b, int rows, bool sample) {
     mp.w2_blocks = w.w2_blocks; mp.w2_scales = w.w2_scales; mp.b2 = w.b2;
     mp.y = ws_.x; mp.ldy = H; mp.T = T; mp.E = E; mp.k = K; mp.H = H; mp.I = cfg_.intermediate;
     mp.swiglu_alpha = cfg_.swiglu_alpha; mp.swiglu_limit = cfg_.swiglu_limit;
+    mp.scales_below_128 = w.scales_below_128;
     GPTOSS_RETURN_IF_ERROR(be.moe(mp));
   }
   if (rows == 0) return Status::Ok();

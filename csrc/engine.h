@@ -73,6 +73,7 @@ struct LayerWeights {
   const bf16_t* gate_w = nullptr; const float* gate_b = nullptr;
   const uint8_t* w1_blocks = nullptr; const uint8_t* w1_scales = nullptr; const float* b1 = nullptr;
   const uint8_t* w2_blocks = nullptr; const uint8_t* w2_scales = nullptr; const float* b2 = nullptr;
+  bool scales_below_128 = false;  // MoEParams::scales_below_128 for this layer's w1/w2 scales
 };
 
 class Engine {

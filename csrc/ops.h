@@ -29,6 +29,20 @@ constexpr int kHeadDim = 64;
 constexpr int kMxfp4Block = 32;        // elements per MXFP4 block
 constexpr int kMxfp4BlockBytes = 16;   // bytes per MXFP4 block (two E2M1 codes per byte)
 
+// True when every E8M0 scale byte of scales[0..n) is < 128 (MoEParams::scales_below_128). Load
+// time only: one pass over the bytes, eight at a time.
+inline bool mxfp4_scales_below_128(const uint8_t* scales, size_t n) {
+  uint64_t any = 0;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t v;
+    __builtin_memcpy(&v, scales + i, 8);
+    any |= v;
+  }
+  for (; i < n; ++i) any |= scales[i];
+  return (any & 0x8080808080808080ull) == 0;
+}
+
 // Which token belongs to which sequence, and where it sits. One step may mix prefill chunks and
 // decode tokens of different sequences. Sequence s owns tokens [seq_tok0[s], seq_tok0[s+1]) of
 // the step, at absolute positions seq_start[s] + 0, 1, ...; everything before seq_start[s] is
@@ -169,6 +183,10 @@ struct MoEParams {
   float* y = nullptr;  int ldy = 0;                                   // [T][H] residual, +=
   int T = 0, E = 0, k = 0, H = 0, I = 0;
   float swiglu_alpha = 1.702f, swiglu_limit = 7.0f;
+  // Every E8M0 byte of w1_scales and w2_scales is < 128 (scales below 2): true of real checkpoints
+  // (~2^-7). A hint found at load time (mxfp4_scales_below_128); backends may take a cheaper exact
+  // dequantisation with it, and must be right either way.
+  bool scales_below_128 = false;
 };
 
 // ---- fused op families ------------------------------------------------------------------------

@@ -144,6 +144,27 @@ moe::GemvShape gemv_shape(int S, int E) {
   return (S + active - 1) / active <= 4 ? moe::GemvShape::kDecode : moe::GemvShape::kBatch;
 }
 
+// The GemvArgs fields both decode paths (moe_mxfp4_gemv.cu, moe_mxfp4_stream.cu) share; the
+// caller sets the per-launch operands and the path's counters / flags.
+moe::GemvArgs gemv_args(const MoEParams& p, const MoeWorkspace& w) {
+  moe::GemvArgs g;
+  g.expert_idx = p.expert_idx;
+  g.expert_w = p.expert_w;
+  g.T = p.T;
+  g.k = p.k;
+  g.E = p.E;
+  g.z = w.z;
+  g.I = p.I;
+  g.alpha = p.swiglu_alpha;
+  g.limit = p.swiglu_limit;
+  g.fast_scales = p.scales_below_128;
+  g.partial = w.partial;
+  g.y = p.y;
+  g.ldy = p.ldy;
+  g.counters = w.counters;
+  return g;
+}
+
 }  // namespace
 
 size_t moe_workspace_bytes(const BackendLimits& limits) {
@@ -185,59 +206,21 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
   MoeWorkspace w;
   workspace_layout(S, size_t(p.E), size_t(p.H), size_t(p.I), static_cast<char*>(workspace), &w);
 
-  if (S <= size_t(moe::kStreamMaxSlots) && moe::stream_selected()) {
-    moe::GemvArgs g;
-    g.expert_idx = p.expert_idx;
-    g.expert_w = p.expert_w;
-    g.T = p.T;
-    g.k = p.k;
-    g.E = p.E;
-    g.z = w.z;
-    g.I = p.I;
-    g.alpha = p.swiglu_alpha;
-    g.limit = p.swiglu_limit;
-    g.partial = w.partial;
-    g.y = p.y;
-    g.ldy = p.ldy;
-    g.counters = w.counters;
-    g.n_counters = p.H / kMxfp4TileRows;  // one per mlp2 output tile (the workspace holds H / 16 + 1)
-    g.act = static_cast<const bf16_t*>(p.x);
-    g.ld_act = p.ldx;
-    g.wb = p.w1_blocks;
-    g.ws = p.w1_scales;
-    g.bias = p.b1;
-    g.R = 2 * p.I;
-    g.K = p.H;
-    GPTOSS_RETURN_IF_ERROR(moe::launch_stream(g, true, false, stream));
-    g.act = w.z;
-    g.ld_act = p.I;
-    g.wb = p.w2_blocks;
-    g.ws = p.w2_scales;
-    g.bias = p.b2;
-    g.R = p.H;
-    g.K = p.I;
-    return moe::launch_stream(g, false, moe::use_pdl(), stream);
-  }
   if (S <= size_t(moe::kGemvMaxSlots)) {
+    const bool stream_path = S <= size_t(moe::kStreamMaxSlots) && moe::stream_selected();
     const moe::GemvShape gs = gemv_shape(int(S), p.E);
-    moe::GemvArgs g;
-    g.expert_idx = p.expert_idx;
-    g.expert_w = p.expert_w;
-    g.T = p.T;
-    g.k = p.k;
-    g.E = p.E;
-    g.z = w.z;
-    g.I = p.I;
-    g.alpha = p.swiglu_alpha;
-    g.limit = p.swiglu_limit;
-    g.partial = w.partial;
-    g.y = p.y;
-    g.ldy = p.ldy;
-    g.counters = w.counters;
-    g.n_counters = moe::gemv_row_groups(p.H, gs);
-    g.ready = w.ready;
-    g.ready_stride = moe::gemv_row_groups(2 * p.I, gs);
-    g.z_group_units = moe::gemv_group_rows(gs) / 2;
+    moe::GemvArgs g = gemv_args(p, w);
+    if (stream_path) {
+      g.n_counters = p.H / kMxfp4TileRows;  // one per mlp2 output tile (the workspace holds H / 16 + 1)
+    } else {
+      g.n_counters = moe::gemv_row_groups(p.H, gs);
+      g.ready = w.ready;
+      g.ready_stride = moe::gemv_row_groups(2 * p.I, gs);
+      g.z_group_units = moe::gemv_group_rows(gs) / 2;
+    }
+    auto run = [&](bool mlp1, bool pdl) {
+      return stream_path ? moe::launch_stream(g, mlp1, pdl, stream) : moe::launch_gemv(g, mlp1, gs, pdl, stream);
+    };
     // mlp1: rows 2I, K = H, B = x rows of the slots' tokens.
     g.act = static_cast<const bf16_t*>(p.x);
     g.ld_act = p.ldx;
@@ -246,7 +229,7 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
     g.bias = p.b1;
     g.R = 2 * p.I;
     g.K = p.H;
-    GPTOSS_RETURN_IF_ERROR(moe::launch_gemv(g, true, gs, false, stream));
+    GPTOSS_RETURN_IF_ERROR(run(true, false));
     // mlp2: rows H, K = I, B = z rows of the slots; combine onto y.
     g.act = w.z;
     g.ld_act = p.I;
@@ -255,7 +238,7 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
     g.bias = p.b2;
     g.R = p.H;
     g.K = p.I;
-    return moe::launch_gemv(g, false, gs, moe::use_pdl(), stream);
+    return run(false, moe::use_pdl());
   }
 
   const bool wg = moe::wgmma_available();
@@ -287,6 +270,7 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
   a.partial = w.partial;
   a.alpha = p.swiglu_alpha;
   a.limit = p.swiglu_limit;
+  a.fast_scales = p.scales_below_128;
   auto run = [&](bool mlp1) {
     return wg ? moe::launch_gemm_wgmma(mlp1, a, max_tiles, stream) : moe::launch_gemm_mma(bm, mlp1, a, max_tiles, stream);
   };

@@ -55,7 +55,7 @@ constexpr uint32_t gemm_stage_bytes() {
 
 // grid.x = token-tile slots (BM sorted rows of one expert), grid.y = groups of 8 row tiles.
 // Registers stay under 128 so that two blocks (16 warps) share an SM.
-template <int BM, bool kMlp1>
+template <int BM, bool kMlp1, bool kFast>
 __global__ void __launch_bounds__(kGemmWarps * 32, 2) bf16_mxfp4w_moe_gemm(GemmArgs a) {
   constexpr int NT = BM / 16;                        // n8 tiles per warp (a warp owns BM / 2 rows)
   constexpr int kRowsPerPass = kGemmWarps * 32 / 8;  // loader: 8 chunks of 16 bytes per row
@@ -140,19 +140,17 @@ __global__ void __launch_bounds__(kGemmWarps * 32, 2) bf16_mxfp4w_moe_gemm(GemmA
     const uint32_t stage = smem0 + (j % kGemmStages) * kStageBytes;
     uint4 wcur[2];
     uint32_t scur[2];
-    bool fast[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       wcur[i] = tc::lds_128(stage + kCodesOff + (2 * wr + i) * kMxfp4ChunkBytes + lane * 16);
       scur[i] = tc::lds_32(stage + kScalesOff + (2 * wr + i) * kMxfp4ScaleChunkBytes + r * 4);
-      fast[i] = scales_fast(scur[i]);
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       if (j * 64 + 32 * h >= a.K) continue;  // the pad half of a last half chunk
       uint32_t A[2][2][4];                      // [row tile][q][reg]
 #pragma unroll
-      for (int i = 0; i < 2; ++i) dequant_steps<2>(wcur[i], scur[i], 2 * h, fast[i], A[i]);
+      for (int i = 0; i < 2; ++i) dequant_steps<2>(wcur[i], scur[i], 2 * h, kFast, A[i]);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         const int row = wt * (BM / 2) + 8 * nt + r;
@@ -188,7 +186,7 @@ __global__ void __launch_bounds__(kGemmWarps * 32, 2) bf16_mxfp4w_moe_gemm(GemmA
 template <int BM, bool kMlp1>
 Status launch(const GemmArgs& a, int max_tiles, cudaStream_t stream) {
   constexpr int kSmem = kGemmStages * gemm_stage_bytes<BM>();
-  auto kernel = bf16_mxfp4w_moe_gemm<BM, kMlp1>;
+  auto kernel = a.fast_scales ? bf16_mxfp4w_moe_gemm<BM, kMlp1, true> : bf16_mxfp4w_moe_gemm<BM, kMlp1, false>;
   const char* name = kMlp1 ? "bf16_mxfp4w_moe_gemm<mlp1>" : "bf16_mxfp4w_moe_gemm<mlp2>";
   GPTOSS_RETURN_IF_ERROR(ensure_smem(reinterpret_cast<const void*>(kernel), kSmem, name));
   const int row_tiles = a.R / kMxfp4TileRows;

@@ -13,7 +13,7 @@
 // memory with cp.async (the kernel's whole weight slab, ~47-94 KB per block, is in flight at once:
 // no register staging, no per-chunk load latency), in two commit groups so compute starts on the
 // first half. Warp w = tg + TG * ks owns tiles tg*TPW .. +TPW-1 and the ks-th of KS contiguous
-// k-chunk ranges. Per chunk: A = the dequantised, scaled tile (dequant_chunk, once per pass), B =
+// k-chunk ranges. Per chunk: A = the dequantised, scaled tile (dequant_steps, once per pass), B =
 // up to 8 * NT token columns of x (mlp1, gathered by token) or z (mlp2) read from global memory
 // (L1 / L2 resident; one chunk prefetched ahead), mma.sync m16n8k16 with f32 accumulation. The KS
 // partial tiles are summed through shared memory in ks order (deterministic). More than 8 * NT
@@ -86,7 +86,7 @@ GPTOSS_HD GemvSmem gemv_smem(int chunks, int S) {
 // ---------------------------------------------------------------------------------------------
 // kernels
 // ---------------------------------------------------------------------------------------------
-template <class C, bool kMlp1>
+template <class C, bool kMlp1, bool kFast>
 __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) bf16_mxfp4w_moe_gemv(GemvArgs a) {
   constexpr int TPW = C::kTPW, NT = C::kNT, RT = C::kRT;
   static_assert(kMxfp4TileRows == 16 && kMxfp4ChunkK == 64, "one mma m16 tile x 4 k16 steps per chunk");
@@ -228,7 +228,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) bf16_mxfp4w_moe_ge
       const uint4 w = tc::lds_128(codes_s + off * kMxfp4ChunkBytes + lane * 16);
       const uint32_t sw = tc::lds_32(scales_s + off * kMxfp4ScaleChunkBytes + r * 4);
       uint32_t A[4][4];
-      dequant_chunk(w, sw, A);
+      dequant_steps<4>(w, sw, 0, kFast, A);
 #pragma unroll
       for (int s = 0; s < 4; ++s) {
         if (s >= 2 && !hi) break;
@@ -372,7 +372,7 @@ template <class C, bool kMlp1>
 Status launch(const GemvArgs& a, bool pdl, cudaStream_t stream) {
   const int S = a.T * a.k;
   const size_t smem = gemv_smem<C>(mxfp4_chunks(a.K / 32), S).total;
-  auto kernel = bf16_mxfp4w_moe_gemv<C, kMlp1>;
+  auto kernel = a.fast_scales ? bf16_mxfp4w_moe_gemv<C, kMlp1, true> : bf16_mxfp4w_moe_gemv<C, kMlp1, false>;
   const char* name = kMlp1 ? "bf16_mxfp4w_moe_gemv<mlp1>" : "bf16_mxfp4w_moe_gemv<mlp2>";
   GPTOSS_RETURN_IF_ERROR(ensure_smem(reinterpret_cast<const void*>(kernel), smem, name));
   return launch_pdl(kernel, dim3(unsigned(row_groups<C>(a.R)), unsigned(std::min(a.E, S))), dim3(C::kThreads), smem, pdl,

@@ -40,17 +40,16 @@ __device__ __forceinline__ uint32_t scale_bf16x2(uint32_t s) {
   return b | (b << 16);
 }
 
-// True when every scale byte of the warp's packed scale words is < 128 (real and synthetic
-// checkpoints: scales ~2^-7), so that one bf16 multiply by 2^(s-1) (mxfp4_scale_muls_bf16x2) turns
-// an unpacked register (fp4 * 2^-126) into the weight fp4 * 2^(s-127). Otherwise two multiplies,
-// by 2^126 and by 2^(s-127). All products are exact (2-bit significands, bf16 subnormals kept),
-// so both ways give identical bits. Warp-uniform; all 32 lanes must call it.
-__device__ __forceinline__ bool scales_fast(uint32_t sw) { return !__any_sync(0xffffffffu, sw & 0x80808080u); }
-
 // The A fragments of NW consecutive mma k16 steps s0 .. s0 + NW - 1 of a chunk (steps 2h, 2h + 1 lie
 // in MXFP4 block 2j + h) from the lane's 16 code bytes `w` and packed scale word `sw`
 // (mxfp4_layout.cuh): A[q] = step s0 + q = word s0 + q. Register i holds row r (i even) or r + 8
-// (i odd), whose scale is byte 2h + (i & 1). The branch is taken once per call (warp-uniform).
+// (i odd), whose scale is byte 2h + (i & 1).
+// `fast` (a compile-time constant in every kernel: MoEParams::scales_below_128, known at load) when
+// every scale byte is < 128 (real checkpoints: ~2^-7): then one bf16 multiply by 2^(s-1)
+// (mxfp4_scale_muls_bf16x2) turns an unpacked register (fp4 * 2^-126) into the weight
+// fp4 * 2^(s-127); otherwise two multiplies, by 2^126 and by 2^(s-127). All products are exact
+// (2-bit significands, bf16 subnormals kept), so both ways give identical bits. A per-chunk
+// run-time choice made the compiler keep both paths (~130 instead of ~85 instructions per chunk).
 template <int NW>
 __device__ __forceinline__ void dequant_steps(const uint4& w, uint32_t sw, int s0, bool fast, uint32_t (&A)[NW][4]) {
   uint32_t m[4];
@@ -76,11 +75,6 @@ __device__ __forceinline__ void dequant_steps(const uint4& w, uint32_t sw, int s
       for (int i = 0; i < 4; ++i) A[q][i] = bf16x2_mul(bf16x2_mul(o[i], kBf16x2Two126), m[b + (i & 1)]);
     }
   }
-}
-
-// All four steps of the chunk: A[s] = step s.
-__device__ __forceinline__ void dequant_chunk(const uint4& w, uint32_t sw, uint32_t (&A)[4][4]) {
-  dequant_steps<4>(w, sw, 0, scales_fast(sw), A);
 }
 
 // The reference's clamped SwiGLU with NaN-propagating clamps (torch.clamp keeps NaN):
@@ -152,6 +146,7 @@ struct GemvArgs {
   int32_t* ready = nullptr;             // [expert rank][ready_stride]: mlp1 row group's z is written
   int ready_stride = 0;                 // gemv_row_groups(2I, shape) (mlp1's grid.x)
   int z_group_units = 0;                // z columns per mlp1 row group (mlp2)
+  bool fast_scales = false;             // MoEParams::scales_below_128 (one multiply per dequantised pair)
 };
 
 // moe_mxfp4_stream.cu: one warp per (expert rank, 16-row tile) over the whole K, for T * k <=
@@ -190,6 +185,7 @@ struct GemmArgs {
   const float* expert_w = nullptr;  // [T*k]
   float* partial = nullptr;         // mlp2 output [T*k][R] (slot order)
   float alpha = 1.702f, limit = 7.0f;
+  bool fast_scales = false;         // MoEParams::scales_below_128
 };
 
 // Token-tile rows of the mma.sync GEMM for a step with `slots` slots over E experts.

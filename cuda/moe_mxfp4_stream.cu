@@ -1,26 +1,31 @@
-// Streaming MoE GEMV for decode (T * k <= kStreamMaxSlots = 32 slots): one warp per (active expert
-// rank, 16-row weight tile) over the whole K, weights streamed through a register ring, no shared
-// memory and no block-wide synchronisation. The alternative to moe_mxfp4_gemv.cu's decode shape
-// (GPT_OSS_C_MOE_DECODE=stream selects it, see moe_mxfp4.cu).
+// Streaming MoE GEMV for decode (T * k <= kStreamMaxSlots = 32 slots): KS warps per (active expert
+// rank, 16-row weight tile), each over a contiguous 1/KS of K (the group sums its parts through
+// shared memory at the end), with weights, scales and activations streamed through a per-warp
+// cp.async ring in shared memory. The alternative to moe_mxfp4_gemv.cu's decode shape
+// (GPT_OSS_C_MOE_DECODE=stream selects it, see moe_mxfp4.cu; GPT_OSS_C_MOE_STREAM_KS=1|2|4).
 //
-// Why (bench/NOTES.md, H200 runs 7-8): the shared-memory GEMV waits for each block's whole weight
-// slab and splits K over 8 warps, so prologue, cross-warp reduction and epilogue cost as much as the
-// dequantisation, and its time fell only with more resident warps. Here every warp is independent
-// and long-lived: all (rank, tile) items of a 20b layer fit in one wave (mlp1: 4 x 360 warps, ~11
-// per SM), each keeps kStreamDepth 16-byte loads per lane in flight and overlaps them with the
-// dequantisation and mma of earlier chunks.
+// Why a cp.async ring (bench/NOTES.md, H200, session 3): the first version kept an 8-chunk ring of
+// 16-byte loads in registers; ncu showed ~1,270 cycles per chunk and per warp, most of it in
+// long-scoreboard stalls: a warp has six scoreboards, so the ring's loads shared them and waiting
+// for the oldest chunk also waited for the newest (effective depth ~1). cp.async groups complete in
+// order (cp.async.wait_group N), so D - 1 chunks really stay in flight, and no registers hold them.
+// Every lane copies exactly the bytes it later reads (its 16 code bytes, its row pair's scale word,
+// its B column's 2 x 16 activation bytes), so a lane's own wait_group is the only synchronisation.
 //
 // Math and layout as moe_mxfp4_gemv.cu (ops.h MoEParams; weight layout in mxfp4_layout.cuh):
 //   mlp1: z[i, u] = swiglu(W1[e] x[t] + b1[e])[u];  mlp2: partial[i, :] = w[i] (W2[e] z[i] + b2[e]);
 //   y[t, :] += sum_j partial[t*k + j, :] (j in slot order) by the last warp to finish each output tile.
 // Per warp: lane i reads slot i's expert (S <= 32), the warp finds the rank-th smallest distinct
 // expert e and the mask of its slots (slot order = lane order); B columns are the slots (8 per pass;
-// a second pass re-streams the tile, which only happens when one expert has > 8 slots).
+// a second pass re-streams the tile, which only happens when one expert has > 8 slots). Lanes whose
+// column is past the expert's slot count copy no activations: their mma columns read stale shared
+// memory and are never stored (mma output columns are independent).
 // mlp2 is launched with programmatic dependent launch: it puts its first weight chunks in flight,
 // then waits for mlp1 (pdl_wait) before reading z and the counters mlp1 zeroed.
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "cuda_check.cuh"
@@ -31,8 +36,29 @@ namespace gptoss {
 namespace moe {
 namespace {
 
-constexpr int kStreamWarps = 4;  // independent warps per block
-constexpr int kStreamDepth = 8;  // 64-wide k chunks in flight per warp (8 x 512 bytes)
+constexpr int kStreamWarps = 8;  // warps per block: kStreamWarps / KS tiles, KS warps each
+
+// One ring stage (one 64-wide k chunk of the warp's tile): lane l's 16 code bytes at 16 l, its scale
+// word at kStageScale + 4 l, its activations for k half h at kStageB + 512 h + 16 l (16-byte lane
+// stride: conflict-free 128-bit shared loads).
+constexpr int kStageScale = kMxfp4ChunkBytes;  // 512
+constexpr int kStageB = kStageScale + 128;     // 640
+constexpr int kStageBytes = kStageB + 1024;    // 1664
+
+// K split and ring depth: KS warps share a tile, each streaming a contiguous 1/KS of its chunks
+// through a D-stage ring (D - 1 chunks in flight). More, shorter warps hide the dequantisation's
+// dependency chains better; the ring depth keeps the bytes in flight per SM about constant.
+struct StreamShape {
+  int ks, depth;
+};
+StreamShape stream_shape() {
+  static const StreamShape shape = [] {
+    const char* v = std::getenv("GPT_OSS_C_MOE_STREAM_KS");  // A/B knob: 1, 2 or 4 (default 2)
+    const int ks = v && (std::atoi(v) == 1 || std::atoi(v) == 4) ? std::atoi(v) : 2;
+    return StreamShape{ks, ks == 1 ? 8 : 4};
+  }();
+  return shape;
+}
 
 struct WarpExpert {
   int e = -1;          // the expert, or -1 when fewer than rank + 1 experts are active
@@ -71,12 +97,29 @@ __device__ __forceinline__ int nth_set_bit(unsigned m, int col) {
   return __ffs(int(m)) - 1;
 }
 
-template <bool kMlp1>
-__global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(GemvArgs a) {
-  constexpr int D = kStreamDepth;
-  const int lane = threadIdx.x & 31, r = lane >> 2, c = lane & 3;
+// 4-byte async copy (cp.async.ca: the only size below 16; the scale word of the lane's row pair).
+__device__ __forceinline__ void cp_async_4(uint32_t dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src));
+}
+
+__device__ __forceinline__ uint32_t lds_32(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+  return v;
+}
+
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+template <bool kMlp1, bool kFast, int D>
+__global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(GemvArgs a, int KS) {
+  static_assert((D & (D - 1)) == 0, "ring depth: a power of two");
+  extern __shared__ __align__(16) uint8_t smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, r = lane >> 2, c = lane & 3;
   const int tiles = a.R / kMxfp4TileRows;
-  const int item = int(blockIdx.x) * kStreamWarps + int(threadIdx.x >> 5);
+  const int group = warp / KS, ks = warp % KS;  // the block's tile group and this warp's K part
+  const int item = int(blockIdx.x) * (kStreamWarps / KS) + group;
   const int S = a.T * a.k;
 
   if (kMlp1) {
@@ -87,67 +130,100 @@ __global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(Gemv
     pdl_launch_dependents();
   }
   // expert_idx was written before mlp1 started (the router), so mlp2 may read it before pdl_wait.
+  // All KS warps of a group see the same expert, so they leave (or not) together.
   const WarpExpert we = warp_expert(a.expert_idx, S, a.E, item / tiles, lane);
-  if (we.e < 0) return;  // warp-uniform; no block-wide barrier follows
+  if (we.e < 0) return;  // group-uniform; only the group's named barrier follows
   const int tile = item % tiles;
   const int chunks = mxfp4_chunks(a.K / 32);
+  const int c0 = ks * chunks / KS, nc = (ks + 1) * chunks / KS - c0;  // this warp's chunks
   const size_t gtile = size_t(we.e) * tiles + tile;
-  const uint8_t* wsrc = a.wb + mxfp4_block_offset(gtile, chunks, 0) + lane * 16;
-  const uint8_t* ssrc = a.ws + mxfp4_scale_offset(gtile, chunks, 0) + r * 4;
-
-  uint4 wbuf[D];
-  uint32_t sbuf[D];
-  auto fetch = [&](int d, int j) {
-    wbuf[d] = tc::ldg_stream_128(wsrc + size_t(j) * kMxfp4ChunkBytes);
-    sbuf[d] = tc::ldg_stream_32(ssrc + size_t(j) * kMxfp4ScaleChunkBytes);
-  };
-  auto prefetch = [&] {
-#pragma unroll
-    for (int d = 0; d < D; ++d)
-      if (d < chunks) fetch(d, d);
-  };
-  prefetch();
-  if (!kMlp1) pdl_wait();  // z and the counters come from mlp1
+  const uint8_t* wsrc = a.wb + mxfp4_block_offset(gtile, chunks, c0) + lane * 16;
+  const uint8_t* ssrc = a.ws + mxfp4_scale_offset(gtile, chunks, c0) + r * 4;
+  const uint32_t ring = tc::smem_addr(smem) + uint32_t(warp * D * kStageBytes);
+  const uint32_t my_w = ring + 16 * lane, my_s = ring + kStageScale + 4 * lane, my_b = ring + kStageB + 16 * lane;
 
   for (int p0 = 0; p0 < we.n; p0 += 8) {
-    if (p0 > 0) prefetch();
-    // B column r of this pass is slot nth(p0 + r); columns past n repeat the pass's first slot
-    // (finite data, products land in columns that are never stored).
-    const int col = p0 + r < we.n ? p0 + r : p0;
-    const int slot = nth_set_bit(we.slots, col);
-    const bf16_t* brow = a.act + size_t(kMlp1 ? slot / a.k : slot) * a.ld_act + 8 * c;
-    auto load_b = [&](int j, uint4 (&bv)[2]) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        int k = 64 * j + 32 * h;
-        if (k >= a.K) k = 0;  // the pad half of a last half chunk: not used
-        bv[h] = kMlp1 ? tc::ldg_128(brow + k) : ldg_cg_128(brow + k);  // z: written by mlp1, read from L2
+    // B column r of this pass is slot nth(p0 + r); lanes past the slot count copy nothing.
+    const bool has_col = p0 + r < we.n;
+    const int slot = nth_set_bit(we.slots, has_col ? p0 + r : p0);
+    const bf16_t* brow = a.act + size_t(kMlp1 ? slot / a.k : slot) * a.ld_act + 8 * c + 64 * c0;
+    // Prologue: weights and scales of local chunks 0 .. D-2 (one commit group), then (after mlp1,
+    // for mlp2) the activations of each of those chunks (one group each), so that in the loop below
+    // the group of local chunk j is complete once at most D - 1 newer groups are pending.
+    for (int j = 0; j < D - 1; ++j) {
+      if (j >= nc) break;
+      const uint32_t st = uint32_t(j * kStageBytes);
+      tc::cp_async_16(my_w + st, wsrc + j * kMxfp4ChunkBytes, true);
+      cp_async_4(my_s + st, ssrc + j * kMxfp4ScaleChunkBytes);
+    }
+    tc::cp_async_commit();
+    if (!kMlp1 && p0 == 0) pdl_wait();  // z and the counters come from mlp1
+    for (int j = 0; j < D - 1; ++j) {
+      if (j < nc && has_col) {
+        const uint32_t st = uint32_t(j * kStageBytes);
+        tc::cp_async_16(my_b + st, brow + 64 * j, true);
+        if (64 * (c0 + j) + 32 < a.K) tc::cp_async_16(my_b + st + 512, brow + 64 * j + 32, true);
       }
-    };
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    uint4 bcur[2], bnext[2];
-    load_b(0, bcur);
-    for (int j0 = 0; j0 < chunks; j0 += D) {
-#pragma unroll
-      for (int d = 0; d < D; ++d) {
-        const int j = j0 + d;
-        if (j >= chunks) break;  // warp-uniform
-        if (j + 1 < chunks) load_b(j + 1, bnext);
-        uint32_t A[4][4];
-        dequant_chunk(wbuf[d], sbuf[d], A);
-        if (j + D < chunks) fetch(d, j + D);  // refill the ring slot just consumed
-        const bool hi = 64 * j + 32 < a.K;    // the chunk's second k32 block exists
-#pragma unroll
-        for (int s = 0; s < 4; ++s) {
-          if (s >= 2 && !hi) break;
-          tc::mma_bf16_16816(acc, A[s][0], A[s][1], A[s][2], A[s][3], tc::word(bcur[s >> 1], 2 * (s & 1)),
-                             tc::word(bcur[s >> 1], 2 * (s & 1) + 1));
+      tc::cp_async_commit();
+    }
+
+    // Sources of the next local chunk to issue (jn = j + D - 1), advanced by one chunk per iteration.
+    const uint8_t* wn = wsrc + (D - 1) * kMxfp4ChunkBytes;
+    const uint8_t* sn = ssrc + (D - 1) * kMxfp4ScaleChunkBytes;
+    const bf16_t* bn = brow + 64 * (D - 1);
+    float acc0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, acc1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int j = 0; j < nc; ++j) {
+      const int jn = j + D - 1;  // refills the stage consumed in iteration j - 1
+      if (jn < nc) {
+        const uint32_t st = uint32_t((jn & (D - 1)) * kStageBytes);
+        tc::cp_async_16(my_w + st, wn, true);
+        cp_async_4(my_s + st, sn);
+        if (has_col) {
+          tc::cp_async_16(my_b + st, bn, true);
+          if (64 * (c0 + jn) + 32 < a.K) tc::cp_async_16(my_b + st + 512, bn + 32, true);
         }
-        bcur[0] = bnext[0];
-        bcur[1] = bnext[1];
+      }
+      tc::cp_async_commit();
+      wn += kMxfp4ChunkBytes;
+      sn += kMxfp4ScaleChunkBytes;
+      bn += 64;
+      tc::cp_async_wait<D - 1>();
+      const uint32_t st = uint32_t((j & (D - 1)) * kStageBytes);
+      const uint4 w = tc::lds_128(my_w + st);
+      const uint32_t sw = lds_32(my_s + st);
+      const uint4 b0 = tc::lds_128(my_b + st);
+      uint32_t A[4][4];
+      dequant_steps<4>(w, sw, 0, kFast, A);
+      // Two accumulators: the halves' mma chains are independent.
+      tc::mma_bf16_16816(acc0, A[0][0], A[0][1], A[0][2], A[0][3], tc::word(b0, 0), tc::word(b0, 1));
+      tc::mma_bf16_16816(acc0, A[1][0], A[1][1], A[1][2], A[1][3], tc::word(b0, 2), tc::word(b0, 3));
+      if (64 * (c0 + j) + 32 < a.K) {  // the chunk's second k32 block exists
+        const uint4 b1 = tc::lds_128(my_b + st + 512);
+        tc::mma_bf16_16816(acc1, A[2][0], A[2][1], A[2][2], A[2][3], tc::word(b1, 0), tc::word(b1, 1));
+        tc::mma_bf16_16816(acc1, A[3][0], A[3][1], A[3][2], A[3][3], tc::word(b1, 2), tc::word(b1, 3));
       }
     }
-    // acc = rows r, r + 8 of the tile x columns 2c, 2c + 1 of the pass.
+    tc::cp_async_wait<0>();  // the rings are reused: by the reduction and by the next pass
+    // acc = rows r, r + 8 of the tile x columns 2c, 2c + 1 of the pass, summed over the K parts in
+    // ks order (warps 1 .. KS-1 leave theirs at the start of their own rings).
+    float acc[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) acc[q] = acc0[q] + acc1[q];
+    if (KS > 1) {
+      if (ks > 0) asm volatile("st.shared.v4.f32 [%0], {%1,%2,%3,%4};\n" ::"r"(ring + 16 * lane), "f"(acc[0]),
+                               "f"(acc[1]), "f"(acc[2]), "f"(acc[3]) : "memory");
+      named_barrier(1 + group, KS * 32);
+      if (ks == 0)
+        for (int q = 1; q < KS; ++q) {
+          const uint4 v = tc::lds_128(ring + uint32_t(q * D * kStageBytes) + 16 * lane);
+          acc[0] += __uint_as_float(v.x);
+          acc[1] += __uint_as_float(v.y);
+          acc[2] += __uint_as_float(v.z);
+          acc[3] += __uint_as_float(v.w);
+        }
+      named_barrier(1 + group, KS * 32);  // the partner rings are free for the next pass
+      if (ks > 0) continue;
+    }
 #pragma unroll
     for (int cc = 0; cc < 2; ++cc) {
       const int pc = p0 + 2 * c + cc;
@@ -170,8 +246,8 @@ __global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(Gemv
     }
   }
 
-  if (!kMlp1) {
-    // The last of the tile's n_active warps adds every token's k partials (slot order) onto y.
+  if (!kMlp1 && ks == 0) {
+    // The last of the tile's n_active groups adds every token's k partials (slot order) onto y.
     __threadfence();
     __syncwarp();
     int last = 0;
@@ -190,10 +266,29 @@ __global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(Gemv
   }
 }
 
+template <bool kMlp1, bool kFast, int D>
+Status launch_stream_t(const GemvArgs& a, int ks, bool pdl, cudaStream_t stream) {
+  auto kernel = bf16_mxfp4w_moe_stream<kMlp1, kFast, D>;
+  const size_t smem = size_t(kStreamWarps) * D * kStageBytes;
+  GPTOSS_RETURN_IF_ERROR(ensure_smem(reinterpret_cast<const void*>(kernel), smem, "bf16_mxfp4w_moe_stream"));
+  const int items = std::min(a.E, a.T * a.k) * (a.R / kMxfp4TileRows), per_block = kStreamWarps / ks;
+  return launch_pdl(kernel, dim3(unsigned((items + per_block - 1) / per_block)), dim3(kStreamWarps * 32), smem, pdl,
+                    stream, kMlp1 ? "bf16_mxfp4w_moe_stream<mlp1>" : "bf16_mxfp4w_moe_stream<mlp2>", a, ks);
+}
+
+template <bool kMlp1, bool kFast>
+Status launch_stream_d(const GemvArgs& a, bool pdl, cudaStream_t stream) {
+  const StreamShape sh = stream_shape();
+  return sh.depth == 8 ? launch_stream_t<kMlp1, kFast, 8>(a, sh.ks, pdl, stream)
+                       : launch_stream_t<kMlp1, kFast, 4>(a, sh.ks, pdl, stream);
+}
+
 }  // namespace
 
 // Floors (gpt-oss-20b, T = 1, H200 ~4.2 TB/s): 52.9 MB of weights per layer -> 12.6 us for both
-// launches; the dequantisation (~2 instructions per weight) spread over all SMs is ~6 us of issue.
+// launches. Issue: ~85 warp instructions per chunk (1,024 weights; ~60 of them dequantisation), 97k
+// warp-chunks per layer -> ~8 us at one instruction per scheduler and cycle, so the dequantisation
+// must overlap the loads well to stay under the memory floor.
 Status launch_stream(const GemvArgs& a, bool mlp1, bool pdl, cudaStream_t stream) {
   const int S = a.T * a.k;
   if (S < 1 || S > kStreamMaxSlots || a.E < 1 || a.E > kRouteMaxExperts)
@@ -203,13 +298,9 @@ Status launch_stream(const GemvArgs& a, bool mlp1, bool pdl, cudaStream_t stream
     return make_error(StatusCode::InvalidArgument, "moe stream: rows must be a multiple of 16, K of 32, ld_act of 8");
   if (!mlp1 && a.n_counters < a.R / kMxfp4TileRows)
     return make_error(StatusCode::InvalidArgument, "moe stream: one arrival counter per output tile needed");
-  const int items = std::min(a.E, S) * (a.R / kMxfp4TileRows);
-  const dim3 grid(unsigned((items + kStreamWarps - 1) / kStreamWarps));
   if (mlp1)
-    return launch_pdl(bf16_mxfp4w_moe_stream<true>, grid, dim3(kStreamWarps * 32), 0, false, stream,
-                      "bf16_mxfp4w_moe_stream<mlp1>", a);
-  return launch_pdl(bf16_mxfp4w_moe_stream<false>, grid, dim3(kStreamWarps * 32), 0, pdl, stream,
-                    "bf16_mxfp4w_moe_stream<mlp2>", a);
+    return a.fast_scales ? launch_stream_d<true, true>(a, false, stream) : launch_stream_d<true, false>(a, false, stream);
+  return a.fast_scales ? launch_stream_d<false, true>(a, pdl, stream) : launch_stream_d<false, false>(a, pdl, stream);
 }
 
 }  // namespace moe

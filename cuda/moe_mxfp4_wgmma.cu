@@ -10,7 +10,7 @@
 //     past the tile's rows and past K) in the canonical K-major 128-byte-swizzled layout (row m at
 //     m * 128 bytes, 16-byte piece q at q ^ (m & 7); tile bases 1024-aligned), plus the packed
 //     codes and scales of the 16 weight tiles;
-//   * every warp dequantises 2 weight tiles (dequant_chunk: exact FP4 x E8M0 in bf16) and writes
+//   * every warp dequantises 2 weight tiles (dequant_steps: exact FP4 x E8M0 in bf16) and writes
 //     them into a bf16 B buffer in the same swizzled K-major layout, in NATURAL k order (lane
 //     (r, c) holds rows 2r, 2r + 1 of its tile at k = 32h + 8c + 0..7, h = 0, 1: four 16-byte
 //     stores; lanes with odd r swap h so that each quarter warp hits 8 distinct bank groups);
@@ -181,7 +181,7 @@ __device__ __forceinline__ void mma_overlapped(float (&acc)[128], uint32_t at, u
 // ---------------------------------------------------------------------------------------------
 // grid.x = row blocks of 256 weight rows (fast: consecutive blocks share the token tile in L2),
 // grid.y = token-tile slots (expert_route tiles of kWgmmaTileRows sorted rows).
-template <bool kMlp1>
+template <bool kMlp1, bool kFast>
 __global__ void __launch_bounds__(kWgThreads, 1) bf16_mxfp4w_moe_wgmma(GemmArgs a) {
 #ifdef GPTOSS_WGMMA
   static_assert(kWgmmaTileRows == 128 && kWgThreads == 256, "two warpgroups of m64 token rows");
@@ -258,7 +258,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) bf16_mxfp4w_moe_wgmma(GemmArgs 
         sw = (sw >> 16) | (sw << 16);
       }
       uint32_t A[4][4];
-      dequant_chunk(w, sw, A);
+      dequant_steps<4>(w, sw, 0, kFast, A);
       // A[2hl + q] = k32 block h = hl ^ odd, k = 32h + 8c + 4q + 0..3: regs 0, 2 row 2r; 1, 3 row 2r + 1.
 #pragma unroll
       for (int hl = 0; hl < 2; ++hl) {
@@ -346,7 +346,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) bf16_mxfp4w_moe_wgmma(GemmArgs 
 // ---------------------------------------------------------------------------------------------
 template <bool kMlp1>
 Status launch(const GemmArgs& a, int max_tiles, cudaStream_t stream) {
-  auto kernel = bf16_mxfp4w_moe_wgmma<kMlp1>;
+  auto kernel = a.fast_scales ? bf16_mxfp4w_moe_wgmma<kMlp1, true> : bf16_mxfp4w_moe_wgmma<kMlp1, false>;
   const char* name = kMlp1 ? "bf16_mxfp4w_moe_wgmma<mlp1>" : "bf16_mxfp4w_moe_wgmma<mlp2>";
   GPTOSS_RETURN_IF_ERROR(ensure_smem(reinterpret_cast<const void*>(kernel), kSmemBytes, name));
   const dim3 grid((a.R + kWgRows - 1) / kWgRows, max_tiles);
@@ -369,7 +369,7 @@ bool wgmma_available() {
   // The kernels must come from sm_90a code, not from compute_80 PTX JIT-compiled for this device.
   static const bool built = [] {
     cudaFuncAttributes fa;
-    const bool ok = cudaFuncGetAttributes(&fa, bf16_mxfp4w_moe_wgmma<true>) == cudaSuccess && fa.ptxVersion >= 90;
+    const bool ok = cudaFuncGetAttributes(&fa, bf16_mxfp4w_moe_wgmma<true, true>) == cudaSuccess && fa.ptxVersion >= 90;
     cudaGetLastError();
     return ok;
   }();
