@@ -82,18 +82,18 @@ for stage in "$@"; do
         python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/var/$best/*.whl && echo "== installed $best"
       fi ;;
     stream)
-      # The streaming decode MoE (GPT_OSS_C_MOE_DECODE=stream) against the shipped one: kernel check for
-      # each K split, timings of all, ncu of the default split, the MoE tests, e2e and the bench with it.
+      # The streaming decode MoE (the default for T * k <= 32) against the grouped GEMV's decode shape
+      # (GPT_OSS_C_MOE_DECODE=gemv): kernel check for each K split, timings of all, ncu, the MoE tests,
+      # e2e and the bench.
       mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
       for ks in 2 1 4; do
         GPT_OSS_C_MOE_STREAM_KS=$ks GPT_OSS_C_MOE_DECODE=stream timeout 120 build/bench/cuda_kernels check moe > "$OUT/stream_check_ks$ks.log" 2>&1
         echo "== stream KS=$ks check rc=$?: $(tail -n 1 "$OUT/stream_check_ks$ks.log")"; grep -E "FAIL|HANG" "$OUT/stream_check_ks$ks.log" | head -5
       done
-      for m in shipped stream_ks1 stream_ks2 stream_ks4; do
+      for m in gemv stream_ks1 stream_ks2 stream_ks4; do
         GPT_OSS_C_MOE_STREAM_KS=${m#stream_ks} GPT_OSS_C_MOE_DECODE=${m%_ks*} timeout 60 build/bench/cuda_kernels 20 moe > "$OUT/stream_bench_$m.log" 2>&1
         echo "== $m: $(grep -o '"shape": "T=[0-9]* E=[0-9]*[^"]*", "us": [0-9.]*' "$OUT/stream_bench_$m.log" | head -4 | sed 's/"shape": //; s/ k=4 H=I=2880//' | tr '\n' ' ')"
       done
-      export GPT_OSS_C_MOE_DECODE=stream
       timeout 100 ncu --clock-control none -k regex:moe_stream --launch-count 2 --section SpeedOfLight --section Occupancy \
         --section SchedulerStats --metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,smsp__inst_executed.sum \
         build/bench/cuda_kernels 2 moe > "$OUT/ncu_stream.log" 2>&1
@@ -104,7 +104,7 @@ for stage in "$@"; do
         tests/python/test_cuda_engine_replay.py -k cuda > "$OUT/stream_e2e.log" 2>&1; echo "== stream e2e: $(tail -n 1 "$OUT/stream_e2e.log")"
       timeout 200 python3 -m gpt_oss_c.bench --size 20b --quick --out "$OUT/bench20b_stream.json" > "$OUT/bench20b_stream.log" 2>&1
       grep -E "decode_bs1|batch8|prefill_512" "$OUT/bench20b_stream.log"
-      unset GPT_OSS_C_MOE_DECODE ;;
+      ;;
     nsys)
       # Graph-replayed decode of the synthetic 20b under Nsight Systems: per-kernel time and launch gaps.
       python3 -c "from gpt_oss_c.bench import scratch_checkpoint; scratch_checkpoint('20b', 'hf', None)" 2>&1 | tail -1

@@ -6,9 +6,9 @@
 //   l = clamp(u_lin, -limit, limit);  z = a * sigmoid(alpha a) * (l + 1)   (rounded to bf16)
 //   y[t] += sum_j w (W2[e] z + b2[e])   (the k terms summed in slot order, then added to y)
 // Paths:
-//  * T * k <= kStreamMaxSlots with GPT_OSS_C_MOE_DECODE=stream: moe_mxfp4_stream.cu, a warp per
-//    (expert, tile) streaming the whole K (the candidate replacement of the decode shape below).
-//  * T * k <= kGemvMaxSlots (decode, batched decode): moe_mxfp4_gemv.cu, two launches, no routing
+//  * T * k <= kStreamMaxSlots (decode up to 8 tokens): moe_mxfp4_stream.cu, KS warps per (expert,
+//    16-row tile) streaming its K through cp.async rings, two launches (mlp2 with PDL).
+//  * T * k <= kGemvMaxSlots (batched decode): moe_mxfp4_gemv.cu, two launches, no routing
 //    pass; mlp2 fuses the combine and, through programmatic dependent launch (sm_90) and per-row-
 //    group ready flags, runs concurrently with mlp1's tail.
 //  * larger steps (prefill): expert_route.cu sorts the slots by expert and cuts tiles; mlp1 and
@@ -45,10 +45,12 @@ int device_cc_major() {
 
 bool use_pdl() { return !cuda_force_portable() && device_cc_major() >= 9; }
 
+// The streaming decode MoE serves T * k <= kStreamMaxSlots unless GPT_OSS_C_MOE_DECODE=gemv (the
+// grouped GEMV's decode shape, kept for A/B runs: bench/device_run.sh stream).
 bool stream_selected() {
   static const bool on = [] {
     const char* v = std::getenv("GPT_OSS_C_MOE_DECODE");
-    return v && std::strcmp(v, "stream") == 0;
+    return !(v && std::strcmp(v, "gemv") == 0);
   }();
   return on;
 }

@@ -150,7 +150,7 @@ struct GemvArgs {
 };
 
 // moe_mxfp4_stream.cu: one warp per (expert rank, 16-row tile) over the whole K, for T * k <=
-// kStreamMaxSlots; selected by GPT_OSS_C_MOE_DECODE=stream (stream_selected()). Uses GemvArgs
+// kStreamMaxSlots, unless GPT_OSS_C_MOE_DECODE=gemv (stream_selected()). Uses GemvArgs
 // without the ready flags; n_counters >= H / 16 (one arrival counter per output tile).
 constexpr int kStreamMaxSlots = 32;
 bool stream_selected();

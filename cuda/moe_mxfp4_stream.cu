@@ -1,8 +1,9 @@
 // Streaming MoE GEMV for decode (T * k <= kStreamMaxSlots = 32 slots): KS warps per (active expert
 // rank, 16-row weight tile), each over a contiguous 1/KS of K (the group sums its parts through
 // shared memory at the end), with weights, scales and activations streamed through a per-warp
-// cp.async ring in shared memory. The alternative to moe_mxfp4_gemv.cu's decode shape
-// (GPT_OSS_C_MOE_DECODE=stream selects it, see moe_mxfp4.cu; GPT_OSS_C_MOE_STREAM_KS=1|2|4).
+// cp.async ring in shared memory. Replaces moe_mxfp4_gemv.cu's decode shape for T * k <= 32
+// (GPT_OSS_C_MOE_DECODE=gemv brings that back for A/B runs; GPT_OSS_C_MOE_STREAM_KS=1|2|4 forces a
+// K split). H200, 20b shapes (bench/NOTES.md): T = 1 33 us (gemv 47), T = 8 122 us (gemv 208).
 //
 // Why a cp.async ring (bench/NOTES.md, H200, session 3): the first version kept an 8-chunk ring of
 // 16-byte loads in registers; ncu showed ~1,270 cycles per chunk and per warp, most of it in
@@ -48,16 +49,19 @@ constexpr int kStageBytes = kStageB + 1024;    // 1664
 // K split and ring depth: KS warps share a tile, each streaming a contiguous 1/KS of its chunks
 // through a D-stage ring (D - 1 chunks in flight). More, shorter warps hide the dequantisation's
 // dependency chains better; the ring depth keeps the bytes in flight per SM about constant.
+// Measured (H200, 20b): KS = 4 is best at T = 1 (33 vs 36 us for KS = 2, 46 for KS = 1 with D = 8),
+// KS = 2 from T = 2 on (T = 8: 122 vs 140 us for KS = 4), where more experts fill the SMs anyway.
 struct StreamShape {
   int ks, depth;
 };
-StreamShape stream_shape() {
-  static const StreamShape shape = [] {
-    const char* v = std::getenv("GPT_OSS_C_MOE_STREAM_KS");  // A/B knob: 1, 2 or 4 (default 2)
-    const int ks = v && (std::atoi(v) == 1 || std::atoi(v) == 4) ? std::atoi(v) : 2;
-    return StreamShape{ks, ks == 1 ? 8 : 4};
+StreamShape stream_shape(int slots) {
+  static const int forced = [] {
+    const char* v = std::getenv("GPT_OSS_C_MOE_STREAM_KS");  // A/B knob: 1, 2 or 4
+    const int ks = v ? std::atoi(v) : 0;
+    return ks == 1 || ks == 2 || ks == 4 ? ks : 0;
   }();
-  return shape;
+  const int ks = forced ? forced : slots <= 4 ? 4 : 2;
+  return StreamShape{ks, ks == 1 ? 8 : 4};
 }
 
 struct WarpExpert {
@@ -278,7 +282,7 @@ Status launch_stream_t(const GemvArgs& a, int ks, bool pdl, cudaStream_t stream)
 
 template <bool kMlp1, bool kFast>
 Status launch_stream_d(const GemvArgs& a, bool pdl, cudaStream_t stream) {
-  const StreamShape sh = stream_shape();
+  const StreamShape sh = stream_shape(a.T * a.k);
   return sh.depth == 8 ? launch_stream_t<kMlp1, kFast, 8>(a, sh.ks, pdl, stream)
                        : launch_stream_t<kMlp1, kFast, 4>(a, sh.ks, pdl, stream);
 }

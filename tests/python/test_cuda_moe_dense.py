@@ -145,11 +145,14 @@ def test_dense_is_deterministic():
 
 
 GEMV_MAX_SLOTS = 512  # moe_mxfp4_impl.cuh kGemvMaxSlots
+STREAM_MAX_SLOTS = 32  # moe_mxfp4_impl.cuh kStreamMaxSlots
 
 
 def moe_path(T, k, E):
     """The kernel path launch_moe_mxfp4 takes (moe_mxfp4.cu), for test names and messages."""
     S = T * k
+    if S <= STREAM_MAX_SLOTS and os.environ.get("GPT_OSS_C_MOE_DECODE") != "gemv":
+        return f"bf16_mxfp4w_moe_stream KS={4 if S <= 4 else 2} (streaming decode, fused combine)"
     if S <= GEMV_MAX_SLOTS:
         shape = "decode" if -(-S // min(S, E)) <= 4 else "batch"
         return f"bf16_mxfp4w_moe_gemv {shape} (grouped GEMV, fused combine)"
@@ -222,8 +225,8 @@ def test_moe_tiles(T, E, H, I):
 
 
 def test_moe_gpt_oss_20b_shapes_decode_and_prefill():
-    moe_case(1, 32, 4, 2880, 2880, vs_cpu=True)     # decode: gemv decode shape
-    moe_case(8, 32, 4, 2880, 2880)                   # batch-8 decode: gemv decode shape
+    moe_case(1, 32, 4, 2880, 2880, vs_cpu=True)     # decode: streaming decode, KS = 4
+    moe_case(8, 32, 4, 2880, 2880)                   # batch-8 decode: streaming decode, KS = 2
     moe_case(64, 32, 4, 2880, 2880)                  # batch-64 decode: gemv batch shape
     moe_case(128, 32, 4, 2880, 2880)                 # 512 slots: the last gemv step
     moe_case(129, 32, 4, 2880, 2880, vs_cpu=True)    # 516 slots: routed GEMM, BM = 32
@@ -249,10 +252,11 @@ def test_moe_expert_counts(T, E, k):
 
 def test_moe_skewed_routing_multi_tile_experts():
     # Every token picks experts 0 and 1: one expert holds all T rows -> several passes over the
-    # weights in shared memory, the last partial: gemv decode shape (20 rows = 8 + 8 + 4), gemv
-    # batch shape (40 rows = 16 + 16 + 8), 7 slots sharing each expert; and 300 rows each on the
-    # routed GEMM (600 slots over 8 experts: BM = 128, 128 + 128 + 44).
-    for T, E in ((20, 64), (40, 8), (7, 64), (300, 8)):
+    # weights, the last partial: streaming decode (7 and 13 rows: one pass of 8 columns, and 8 + 5
+    # re-streaming the tiles), gemv decode shape (20 rows = 8 + 8 + 4), gemv batch shape (40 rows =
+    # 16 + 16 + 8); and 300 rows each on the routed GEMM (600 slots over 8 experts: BM = 128,
+    # 128 + 128 + 44).
+    for T, E in ((7, 64), (13, 8), (20, 64), (40, 8), (300, 8)):
         idx = np.tile(np.array([[0, 1]], np.int32), (T, 1))
         moe_case(T, E, 2, 96, 160, expert_idx=idx)
     # Duplicates within a token are allowed by the op: both slots count.
@@ -294,7 +298,7 @@ def scale_case(T, scale_bytes):
 
 
 # Scale bytes >= 128 take dequant_steps' two-multiply path, the others one multiply by 2^(s-1):
-# T = 1 (gemv decode), T = 40 (gemv batch), T = 600 (routed GEMM, 600 slots on one expert).
+# T = 1 (streaming decode), T = 40 (gemv batch), T = 600 (routed GEMM, 600 slots on one expert).
 @pytest.mark.parametrize("T", [1, 40, 600])
 def test_moe_scale_bytes_across_the_range(T):
     scale_case(T, [7, 20, 60, 100, 127, 150, 180, 200])
