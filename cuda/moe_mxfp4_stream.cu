@@ -106,12 +106,6 @@ __device__ __forceinline__ void cp_async_4(uint32_t dst, const void* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src));
 }
 
-__device__ __forceinline__ uint32_t lds_32(uint32_t addr) {
-  uint32_t v;
-  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr));
-  return v;
-}
-
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
@@ -194,7 +188,7 @@ __global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(Gemv
       tc::cp_async_wait<D - 1>();
       const uint32_t st = uint32_t((j & (D - 1)) * kStageBytes);
       const uint4 w = tc::lds_128(my_w + st);
-      const uint32_t sw = lds_32(my_s + st);
+      const uint32_t sw = tc::lds_32(my_s + st);
       const uint4 b0 = tc::lds_128(my_b + st);
       uint32_t A[4][4];
       dequant_steps<4>(w, sw, 0, kFast, A);
