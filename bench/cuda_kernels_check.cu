@@ -140,6 +140,7 @@ double fp4(uint8_t code) { return fp4_e2m1_value(code); }
 std::string moe_path(int T, int k, int E) {
   const int S = T * k;
   if (S <= moe::kStreamMaxSlots && moe::stream_selected()) return "stream";
+  if (S <= 512 && moe::batch_stream_selected()) return "stream routed";
   if (S <= 512) {
     const int active = std::min(S, E);
     return (S + active - 1) / active <= 4 ? "gemv decode" : "gemv batch";

@@ -105,6 +105,20 @@ for stage in "$@"; do
       timeout 200 python3 -m gpt_oss_c.bench --size 20b --quick --out "$OUT/bench20b_stream.json" > "$OUT/bench20b_stream.log" 2>&1
       grep -E "decode_bs1|batch8|prefill_512" "$OUT/bench20b_stream.log"
       ;;
+    streambatch)
+      # Batched decode (32 < T * k <= 512) on the streaming kernels over route tiles
+      # (GPT_OSS_C_MOE_BATCH=stream) against the grouped GEMV: check, timings, MoE tests, bench.
+      mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
+      GPT_OSS_C_MOE_BATCH=stream timeout 120 build/bench/cuda_kernels check moe > "$OUT/sbatch_check.log" 2>&1
+      echo "== stream batch check rc=$?: $(tail -n 1 "$OUT/sbatch_check.log")"; grep -E "FAIL|HANG" "$OUT/sbatch_check.log" | head -5
+      for m in gemv stream; do
+        GPT_OSS_C_MOE_BATCH=$m timeout 60 build/bench/cuda_kernels 20 moe > "$OUT/sbatch_bench_$m.log" 2>&1
+        echo "== batch $m: $(grep -o '"shape": "T=[0-9]* E=[0-9]*[^"]*", "us": [0-9.]*' "$OUT/sbatch_bench_$m.log" | sed -n '4,7p;11p' | sed 's/"shape": //; s/ k=4 H=I=2880//' | tr '\n' ' ')"
+      done
+      GPT_OSS_C_MOE_BATCH=stream timeout 200 python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda_moe_dense.py \
+        -k "moe and not portable" > "$OUT/sbatch_tests.log" 2>&1; echo "== stream batch moe tests: $(tail -n 1 "$OUT/sbatch_tests.log")"
+      GPT_OSS_C_MOE_BATCH=stream timeout 200 python3 -m gpt_oss_c.bench --size 20b --quick --out "$OUT/bench20b_sbatch.json" \
+        > "$OUT/bench20b_sbatch.log" 2>&1; grep -E "decode_bs1|batch(8|32|64)" "$OUT/bench20b_sbatch.log" ;;
     nsys)
       # Graph-replayed decode of the synthetic 20b under Nsight Systems: per-kernel time and launch gaps.
       python3 -c "from gpt_oss_c.bench import scratch_checkpoint; scratch_checkpoint('20b', 'hf', None)" 2>&1 | tail -1

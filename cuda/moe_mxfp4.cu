@@ -55,6 +55,16 @@ bool stream_selected() {
   return on;
 }
 
+// Batched decode (kStreamMaxSlots < T * k <= kGemvMaxSlots) on the streaming kernels over
+// expert_route tiles instead of the grouped GEMV: GPT_OSS_C_MOE_BATCH=stream (A/B candidate).
+bool batch_stream_selected() {
+  static const bool on = [] {
+    const char* v = std::getenv("GPT_OSS_C_MOE_BATCH");
+    return v && std::strcmp(v, "stream") == 0;
+  }();
+  return on;
+}
+
 Status ensure_smem(const void* kernel, size_t bytes, const char* name) {
   int dev = 0;
   GPTOSS_CUDA_CHECK(cudaGetDevice(&dev));
@@ -208,7 +218,9 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
   MoeWorkspace w;
   workspace_layout(S, size_t(p.E), size_t(p.H), size_t(p.I), static_cast<char*>(workspace), &w);
 
-  if (S <= size_t(moe::kGemvMaxSlots)) {
+  const bool routed_stream = S > size_t(moe::kStreamMaxSlots) && S <= size_t(moe::kGemvMaxSlots) &&
+                             moe::batch_stream_selected();
+  if (S <= size_t(moe::kGemvMaxSlots) && !routed_stream) {
     const bool stream_path = S <= size_t(moe::kStreamMaxSlots) && moe::stream_selected();
     const moe::GemvShape gs = gemv_shape(int(S), p.E);
     moe::GemvArgs g = gemv_args(p, w);
@@ -243,8 +255,8 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
     return run(false, moe::use_pdl());
   }
 
-  const bool wg = moe::wgmma_available();
-  const int bm = wg ? moe::kWgmmaTileRows : moe::gemm_tile_rows(int(S), p.E);
+  const bool wg = !routed_stream && moe::wgmma_available();
+  const int bm = routed_stream ? moe::kStreamRouteRows : wg ? moe::kWgmmaTileRows : moe::gemm_tile_rows(int(S), p.E);
   const int max_tiles = expert_route_max_tiles(int(S), p.E, bm);
 
   ExpertRouteParams rp;
@@ -273,7 +285,20 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
   a.alpha = p.swiglu_alpha;
   a.limit = p.swiglu_limit;
   a.fast_scales = p.scales_below_128;
+  // Streaming kernels over the route tiles: z and the partials in slot order, mlp2 with PDL.
+  moe::GemvArgs g = gemv_args(p, w);
+  const moe::RouteView rv{w.expert_off, w.sorted_slot, w.tile_expert, w.tile_row0, w.n_tiles, max_tiles};
   auto run = [&](bool mlp1) {
+    if (routed_stream) {
+      g.act = mlp1 ? a.act : w.z;
+      g.ld_act = mlp1 ? a.ld_act : p.I;
+      g.wb = a.wb;
+      g.ws = a.ws;
+      g.bias = a.bias;
+      g.R = a.R;
+      g.K = a.K;
+      return moe::launch_stream_routed(g, rv, mlp1, !mlp1 && moe::use_pdl(), stream);
+    }
     return wg ? moe::launch_gemm_wgmma(mlp1, a, max_tiles, stream) : moe::launch_gemm_mma(bm, mlp1, a, max_tiles, stream);
   };
 

@@ -156,6 +156,21 @@ constexpr int kStreamMaxSlots = 32;
 bool stream_selected();
 Status launch_stream(const GemvArgs& a, bool mlp1, bool pdl, cudaStream_t stream);
 
+// The same kernels over expert_route tiles of kStreamRouteRows sorted rows (batched decode,
+// kStreamMaxSlots < T * k <= kGemvMaxSlots, selected by GPT_OSS_C_MOE_BATCH=stream: batch_stream_selected()).
+// mlp2 writes only the weighted partials; the caller runs launch_expert_combine.
+constexpr int kStreamRouteRows = 16;
+struct RouteView {
+  const int32_t* expert_off = nullptr;   // [E + 1]
+  const int32_t* sorted_slot = nullptr;  // [S]
+  const int32_t* tile_expert = nullptr;  // [max_tiles]
+  const int32_t* tile_row0 = nullptr;    // [max_tiles]
+  const int32_t* n_tiles = nullptr;      // [1]
+  int max_tiles = 0;                     // expert_route_max_tiles(S, E, kStreamRouteRows)
+};
+bool batch_stream_selected();
+Status launch_stream_routed(const GemvArgs& a, const RouteView& rv, bool mlp1, bool pdl, cudaStream_t stream);
+
 // Number of row groups (blocks along x) for R rows, and rows per group.
 int gemv_row_groups(int R, GemvShape shape);
 int gemv_group_rows(GemvShape shape);

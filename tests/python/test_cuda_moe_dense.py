@@ -153,6 +153,8 @@ def moe_path(T, k, E):
     S = T * k
     if S <= STREAM_MAX_SLOTS and os.environ.get("GPT_OSS_C_MOE_DECODE") != "gemv":
         return f"bf16_mxfp4w_moe_stream KS={4 if S <= 4 else 2} (streaming decode, fused combine)"
+    if S <= GEMV_MAX_SLOTS and os.environ.get("GPT_OSS_C_MOE_BATCH") == "stream":
+        return "expert route + bf16_mxfp4w_moe_stream routed (16-row route tiles) + combine"
     if S <= GEMV_MAX_SLOTS:
         shape = "decode" if -(-S // min(S, E)) <= 4 else "batch"
         return f"bf16_mxfp4w_moe_gemv {shape} (grouped GEMV, fused combine)"
