@@ -1,7 +1,7 @@
 // MXFP4 decoding as the kernels see it: the E2M1 table, the checkpoint's nibble order (byte j =
 // element 2j low, 2j+1 high; 0xF1 -> +0.5, -6.0), E8M0 scaling, and the activation permutation.
 // Each kernel level's decoded weight W[r][i] is read back exactly by dotting a row with a one-hot
-// activation vector (one product with 1.0 plus exact zeros).
+// activation vector (one product with 1.0 plus exact zeros). Also the load-time scale hint.
 #include <cstdint>
 #include <random>
 #include <vector>
@@ -9,6 +9,7 @@
 #include "check.h"
 #include "common.h"
 #include "cpu/simd.h"
+#include "ops.h"
 
 using namespace gptoss;
 
@@ -61,5 +62,22 @@ int main() {
     std::printf("%s: mxfp4 decode exact\n", level);
   }
   std::printf("mxfp4 ok\n");
+  // mxfp4_scales_below_128 (the MoE kernels' load-time dequantisation hint): one byte >= 128 at
+  // any position -- in the 8-byte body or the tail, first or last -- clears it; 127 does not.
+  for (size_t n : {size_t(0), size_t(1), size_t(7), size_t(8), size_t(13), size_t(64), size_t(71)}) {
+    std::vector<uint8_t> sc(n);
+    for (auto& b : sc) b = uint8_t(gen() % 128);
+    CHECK(mxfp4_scales_below_128(sc.data(), n), "n=%zu all below 128", n);
+    for (size_t i = 0; i < n; ++i) {
+      for (uint8_t big : {uint8_t(128), uint8_t(200), uint8_t(255)}) {
+        const uint8_t keep = sc[i];
+        sc[i] = big;
+        CHECK(!mxfp4_scales_below_128(sc.data(), n), "n=%zu byte %zu = %u", n, i, unsigned(big));
+        sc[i] = 127;
+        CHECK(mxfp4_scales_below_128(sc.data(), n), "n=%zu byte %zu = 127", n, i);
+        sc[i] = keep;
+      }
+    }
+  }
   return 0;
 }

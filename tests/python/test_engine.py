@@ -193,3 +193,42 @@ def test_dense_tensors_stored_as_f32_or_f16_are_converted_at_load(ckpt, tmp_path
         else:
             err = np.linalg.norm(logits - base) / np.linalg.norm(base)
             assert err < 2e-2, err  # bf16 -> f16 is exact except for tiny (subnormal) weights
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_scale_bytes_of_128_and_above_load_and_match_the_cpu(ckpt, device, tmp_path):
+    """Real checkpoints keep every E8M0 scale below 2 (bytes < 128), and the CUDA MoE kernels then
+    take a one-multiply dequantisation chosen at load (MoEParams::scales_below_128). A checkpoint
+    with larger scales must be detected per layer and take the exact two-multiply path: layer 0's
+    down_proj gets bytes 131 (scale 16; the one-multiply form would overflow its byte add) in block 0
+    of its first 8 rows of every expert. Compared with the CPU (f32) on the same checkpoint, rows
+    held to test_engine's CUDA tolerances."""
+    import json
+    import shutil
+
+    d = tmp_path / "big_scales"
+    shutil.copytree(ckpt, d)
+    name = "model.layers.0.mlp.experts.down_proj_scales"  # U8 [E, H, I/32]
+    for f in d.glob("*.safetensors"):
+        raw = f.read_bytes()
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + n])
+        if name in header:
+            info = header[name]
+            begin, end = info["data_offsets"]
+            s = np.frombuffer(raw, np.uint8, count=end - begin, offset=8 + n + begin).reshape(info["shape"]).copy()
+            s[:, :8, 0] = 131
+            f.write_bytes(raw[: 8 + n + begin] + s.tobytes() + raw[8 + n + end :])
+            break
+    else:
+        pytest.fail(f"{name} not found")
+    cpu = gpt_oss_c.load(d, device="cpu")
+    ids = ids_for(cpu, 24, 9)
+    want = cpu.logits(ids)
+    base = gpt_oss_c.load(ckpt, device="cpu").logits(ids)
+    assert rel_err(base, want) > 0.05, "the larger scales must change the logits"
+    if device == "cpu":
+        return
+    got = gpt_oss_c.load(d, device=device).logits(ids)
+    ties = near_tie_positions(d, ids)[0]
+    assert_rows_close([(got[p], want[p], f"position {p}", p in ties) for p in range(len(ids))], device)
