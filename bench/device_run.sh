@@ -119,15 +119,17 @@ for stage in "$@"; do
         -k "moe and not portable" > "$OUT/sbatch_tests.log" 2>&1; echo "== stream batch moe tests: $(tail -n 1 "$OUT/sbatch_tests.log")"
       GPT_OSS_C_MOE_BATCH=stream timeout 200 python3 -m gpt_oss_c.bench --size 20b --quick --out "$OUT/bench20b_sbatch.json" \
         > "$OUT/bench20b_sbatch.log" 2>&1; grep -E "decode_bs1|batch(8|32|64)" "$OUT/bench20b_sbatch.log" ;;
-    nsys)
-      # Graph-replayed decode of the synthetic 20b under Nsight Systems: per-kernel time and launch gaps.
+    ncu_step)
+      # Every kernel of a few graph-free decode steps (batch 1, then batch 64) under Nsight Compute,
+      # one metric (its duration): where a step's time goes, kernel by kernel.
       python3 -c "from gpt_oss_c.bench import scratch_checkpoint; scratch_checkpoint('20b', 'hf', None)" 2>&1 | tail -1
-      timeout 150 nsys profile --cuda-graph-trace=node -t cuda -o "$OUT/decode" --force-overwrite true \
-        python3 bench/profile_ops.py /dev/shm/gpt_oss_c-bench-20b-hf decode > "$OUT/nsys.log" 2>&1
-      echo "== nsys rc=$?"; tail -n 3 "$OUT/nsys.log"
-      nsys stats -r cuda_gpu_trace -f csv -o "$OUT/decode" "$OUT/decode.nsys-rep" > /dev/null 2>&1
-      python3 bench/trace_summary.py "$OUT/decode_cuda_gpu_trace.csv" 32 | tee "$OUT/trace_summary.txt" | head -n 30
-      rm -f "$OUT/decode.nsys-rep" "$OUT/decode.sqlite" ;;
+      for w in decode batch; do
+        GPT_OSS_C_NO_GRAPHS=1 timeout 200 ncu --csv --print-units base --metrics gpu__time_duration.sum --launch-skip 3000 --launch-count 700 \
+          python3 bench/profile_ops.py /dev/shm/gpt_oss_c-bench-20b-hf $w > "$OUT/ncu_step_$w.csv" 2> "$OUT/ncu_step_$w.err"
+        echo "== ncu_step $w rc=$?"
+        python3 bench/ncu_step_summary.py "$OUT/ncu_step_$w.csv" | tee "$OUT/ncu_step_$w.txt" | head -n 24
+        gzip -f "$OUT/ncu_step_$w.csv"
+      done ;;
     ncu_moe)
       # The decode MoE (T = 1, 20b shapes) under Nsight Compute: the first mlp1 / mlp2 gemv launches of
       # the kernel micro-benchmark.
