@@ -207,9 +207,14 @@ __global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(Gemv
       tc::cp_async_commit();
     }
 
-    // Sources of the next local chunk to issue (jn = j + D - 1), advanced by one chunk per iteration.
+    // Sources of the next local chunk to issue (jn = j + D - 1), advanced by one chunk per iteration
+    // (pointers, not recomputed addresses: the activation rows' address math would cost ~15
+    // instructions per chunk).
     const uint8_t* wn = wsrc + (D - 1) * kMxfp4ChunkBytes;
     const uint8_t* sn = ssrc + (D - 1) * kMxfp4ScaleChunkBytes;
+    const bf16_t* bn[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) bn[nt] = brow[nt] + 64 * (D - 1);
     float acc0[NT][4] = {}, acc1[NT][4] = {};
     for (int j = 0; j < nc; ++j) {
       const int jn = j + D - 1;  // refills the stage consumed in iteration j - 1
@@ -217,11 +222,19 @@ __global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(Gemv
         const uint32_t st = uint32_t((jn & (D - 1)) * SB);
         tc::cp_async_16(my_w + st, wn, true);
         cp_async_4(my_s + st, sn);
-        issue_b(st, jn);
+        const bool hi = 64 * (c0 + jn) + 32 < a.K;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          if (!has_col[nt]) continue;
+          tc::cp_async_16(my_b + st + 1024 * nt, bn[nt], true);
+          if (hi) tc::cp_async_16(my_b + st + 1024 * nt + 512, bn[nt] + 32, true);
+        }
       }
       tc::cp_async_commit();
       wn += kMxfp4ChunkBytes;
       sn += kMxfp4ScaleChunkBytes;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) bn[nt] += 64;
       tc::cp_async_wait<D - 1>();
       const uint32_t st = uint32_t((j & (D - 1)) * SB);
       const uint4 w = tc::lds_128(my_w + st);
