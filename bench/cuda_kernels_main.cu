@@ -135,8 +135,12 @@ int main(int argc, char** argv) {
     return run_checks(stream, argc > 2 ? argv[2] : "");
   }
   const int reps = argc > 1 ? std::atoi(argv[1]) : 20;
-  const std::string only = argc > 2 ? argv[2] : "";  // one family: dense | fused | moe
-  auto want = [&](const char* family) { return only.empty() || only == family; };
+  // One family: dense | fused | moe, or moe:T for the MoE cases with T tokens only (for ncu).
+  const std::string only = argc > 2 ? argv[2] : "";
+  const int only_t = only.rfind("moe:", 0) == 0 ? std::atoi(only.c_str() + 4) : 0;
+  auto want = [&](const char* family) {
+    return only.empty() || only == family || (only_t > 0 && std::string(family) == "moe");
+  };
   Timer timer{stream};
 
   // Copy ceiling: 1 GiB device-to-device (counts read + write).
@@ -269,6 +273,7 @@ int main(int argc, char** argv) {
                           {1, 128, 4, 2880, 2880},   {64, 128, 4, 2880, 2880}, {2048, 128, 4, 2880, 2880}};
   for (const MoeCase& c : moes) {
     if (!want("moe")) break;
+    if (only_t > 0 && c.T != only_t) continue;
     const int64_t s1[4] = {c.E, 2 * c.I, c.H / 32, 16}, s2[4] = {c.E, c.H, c.I / 32, 16};
     size_t b1b, b1s, b2b, b2s;
     CHECK_STATUS(mxfp4_device_bytes(WeightKind::Mxfp4Blocks, s1, 4, &b1b));

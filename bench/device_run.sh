@@ -130,6 +130,16 @@ for stage in "$@"; do
         python3 bench/ncu_step_summary.py "$OUT/ncu_step_$w.csv" | tee "$OUT/ncu_step_$w.txt" | head -n 24
         gzip -f "$OUT/ncu_step_$w.csv"
       done ;;
+    ncu_prefill)
+      # The prefill MoE (T = 2048, 20b shapes: wgmma) under Nsight Compute: is it tensor-, L2- or
+      # issue-bound? (session 3: 1527 us per layer, 35% of the bf16 rate.)
+      mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
+      timeout 150 ncu --clock-control none -k regex:moe_wgmma --launch-count 2 --section SpeedOfLight \
+        --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy --section SchedulerStats \
+        --section WarpStateStats --metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio \
+        build/bench/cuda_kernels 1 moe:2048 > "$OUT/ncu_prefill.log" 2>&1
+      echo "== ncu prefill rc=$?"; grep -E "moe_wgmma|Duration|DRAM Throughput|L2 Cache Throughput|L1/TEX Cache|Compute \(SM\)|Issued Warp|Tensor|Achieved Occupancy" "$OUT/ncu_prefill.log" | head -30
+      grep stalled "$OUT/ncu_prefill.log" | awk '$NF+0 > 0.3' | head -20 ;;
     ncu_moe)
       # The decode MoE (T = 1, 20b shapes) under Nsight Compute: the first mlp1 / mlp2 gemv launches of
       # the kernel micro-benchmark.
