@@ -156,9 +156,10 @@ constexpr int kStreamMaxSlots = 32;
 bool stream_selected();
 Status launch_stream(const GemvArgs& a, bool mlp1, bool pdl, cudaStream_t stream);
 
-// The same kernels over expert_route tiles of kStreamRouteRows sorted rows (batched decode,
-// kStreamMaxSlots < T * k <= kGemvMaxSlots, selected by GPT_OSS_C_MOE_BATCH=stream: batch_stream_selected()).
-// mlp2 writes only the weighted partials; the caller runs launch_expert_combine.
+// moe_mxfp4_stream_batch.cu: batched decode (kStreamMaxSlots < T * k <= kGemvMaxSlots) over
+// expert_route tiles of kStreamRouteRows sorted rows, selected by GPT_OSS_C_MOE_BATCH=stream
+// (batch_stream_selected()). mlp2 writes only the weighted partials; the caller runs
+// launch_expert_combine.
 constexpr int kStreamRouteRows = 16;
 struct RouteView {
   const int32_t* expert_off = nullptr;   // [E + 1]

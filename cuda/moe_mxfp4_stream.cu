@@ -43,7 +43,8 @@ constexpr int kStreamWarps = 8;  // warps per block: kStreamWarps / KS tiles, KS
 // word at kStageScale + 4 l, its activations for k half h at kStageB + 512 h + 16 l (16-byte lane
 // stride: conflict-free 128-bit shared loads).
 constexpr int kStageScale = kMxfp4ChunkBytes;  // 512
-constexpr int kStageB = kStageScale + 128;     // 640: then NT x 1024 bytes of activations
+constexpr int kStageB = kStageScale + 128;     // 640
+constexpr int kStageBytes = kStageB + 1024;    // 1664
 
 // K split and ring depth: KS warps share a tile, each streaming a contiguous 1/KS of its chunks
 // through a D-stage ring (D - 1 chunks in flight). More, shorter warps hide the dequantisation's
@@ -53,16 +54,13 @@ constexpr int kStageB = kStageScale + 128;     // 640: then NT x 1024 bytes of a
 struct StreamShape {
   int ks, depth;
 };
-int forced_ks() {
+StreamShape stream_shape(int slots) {
   static const int forced = [] {
     const char* v = std::getenv("GPT_OSS_C_MOE_STREAM_KS");  // A/B knob: 1, 2 or 4
     const int ks = v ? std::atoi(v) : 0;
     return ks == 1 || ks == 2 || ks == 4 ? ks : 0;
   }();
-  return forced;
-}
-StreamShape stream_shape(int slots) {
-  const int ks = forced_ks() ? forced_ks() : slots <= 4 ? 4 : 2;
+  const int ks = forced ? forced : slots <= 4 ? 4 : 2;
   return StreamShape{ks, ks == 1 ? 8 : 4};
 }
 
@@ -112,20 +110,9 @@ __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
-// Shared-memory bytes of one ring stage with NT n8 column tiles of activations.
-constexpr int stage_bytes(int nt) { return kStageB + nt * 1024; }
-
-// kRouted = false (decode, S <= 32): warp groups = (active expert rank, weight tile); the group
-// finds its expert and slots itself (warp_expert), columns in passes of 8 (NT = 1), and mlp2's last
-// group per output tile adds the partials onto y.
-// kRouted = true (batched decode, S <= 512): warp groups = (expert_route tile, weight tile); a route
-// tile is up to 8 NT sorted rows of one expert (tile_expert / tile_row0 / expert_off / sorted_slot),
-// one pass; mlp2 only writes the weighted partials (launch_expert_combine adds them onto y).
-template <bool kMlp1, bool kFast, int D, int NT, bool kRouted>
-__global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(GemvArgs a, RouteView rv, int KS) {
+template <bool kMlp1, bool kFast, int D>
+__global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(GemvArgs a, int KS) {
   static_assert((D & (D - 1)) == 0, "ring depth: a power of two");
-  static_assert(kRouted || NT == 1, "the decode form takes 8 columns per pass");
-  constexpr int SB = stage_bytes(NT);
   extern __shared__ __align__(16) uint8_t smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, r = lane >> 2, c = lane & 3;
   const int tiles = a.R / kMxfp4TileRows;
@@ -136,178 +123,128 @@ __global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(Gemv
   if (kMlp1) {
     // Zero mlp2's arrival counters (mlp2 touches them only after pdl_wait, i.e. after this grid
     // completed), then let mlp2 launch: it can only start once every block of this grid runs.
-    if (!kRouted && blockIdx.x == 0)
+    if (blockIdx.x == 0)
       for (int i = int(threadIdx.x); i < a.n_counters; i += kStreamWarps * 32) a.counters[i] = 0;
     pdl_launch_dependents();
   }
-  // The group's expert and columns. expert_idx and the route tables were written before mlp1
-  // started, so mlp2 may read them before pdl_wait. All KS warps of a group see the same expert, so
-  // they leave (or not) together.
-  int e, ncols, row0 = 0;
-  WarpExpert we;
-  if (kRouted) {
-    const int rt = item / tiles;
-    if (rt >= __ldg(rv.n_tiles)) return;
-    e = __ldg(rv.tile_expert + rt);
-    row0 = __ldg(rv.tile_row0 + rt);
-    ncols = min(8 * NT, __ldg(rv.expert_off + e + 1) - row0);
-  } else {
-    we = warp_expert(a.expert_idx, S, a.E, item / tiles, lane);
-    if (we.e < 0) return;  // group-uniform; only the group's named barrier follows
-    e = we.e;
-    ncols = we.n;
-  }
-  // Slot of column col (< ncols) of the pass starting at column p0.
-  auto slot_of = [&](int p0, int col) {
-    return kRouted ? __ldg(rv.sorted_slot + row0 + col) : nth_set_bit(we.slots, p0 + col);
-  };
+  // expert_idx was written before mlp1 started (the router), so mlp2 may read it before pdl_wait.
+  // All KS warps of a group see the same expert, so they leave (or not) together.
+  const WarpExpert we = warp_expert(a.expert_idx, S, a.E, item / tiles, lane);
+  if (we.e < 0) return;  // group-uniform; only the group's named barrier follows
   const int tile = item % tiles;
   const int chunks = mxfp4_chunks(a.K / 32);
   const int c0 = ks * chunks / KS, nc = (ks + 1) * chunks / KS - c0;  // this warp's chunks
-  const size_t gtile = size_t(e) * tiles + tile;
+  const size_t gtile = size_t(we.e) * tiles + tile;
   const uint8_t* wsrc = a.wb + mxfp4_block_offset(gtile, chunks, c0) + lane * 16;
   const uint8_t* ssrc = a.ws + mxfp4_scale_offset(gtile, chunks, c0) + r * 4;
-  const uint32_t ring = tc::smem_addr(smem) + uint32_t(warp * D * SB);
+  const uint32_t ring = tc::smem_addr(smem) + uint32_t(warp * D * kStageBytes);
   const uint32_t my_w = ring + 16 * lane, my_s = ring + kStageScale + 4 * lane, my_b = ring + kStageB + 16 * lane;
 
-  for (int p0 = 0; p0 < ncols; p0 += 8 * NT) {
-    // B column r + 8 nt of this pass is slot_of(p0, r + 8 nt); lanes past the column count copy
-    // nothing for that tile (their mma columns are never stored).
-    bool has_col[NT];
-    const bf16_t* brow[NT];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      const int col = r + 8 * nt;
-      has_col[nt] = p0 + col < ncols;
-      const int slot = slot_of(p0, has_col[nt] ? col : 0);
-      brow[nt] = a.act + size_t(kMlp1 ? slot / a.k : slot) * a.ld_act + 8 * c + 64 * c0;
-    }
-    // B bytes of local chunk j into stage offset st: tile nt, half h at my_b + st + 1024 nt + 512 h.
-    auto issue_b = [&](uint32_t st, int j) {
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        if (!has_col[nt]) continue;
-        tc::cp_async_16(my_b + st + 1024 * nt, brow[nt] + 64 * j, true);
-        if (64 * (c0 + j) + 32 < a.K) tc::cp_async_16(my_b + st + 1024 * nt + 512, brow[nt] + 64 * j + 32, true);
-      }
-    };
+  for (int p0 = 0; p0 < we.n; p0 += 8) {
+    // B column r of this pass is slot nth(p0 + r); lanes past the slot count copy nothing.
+    const bool has_col = p0 + r < we.n;
+    const int slot = nth_set_bit(we.slots, has_col ? p0 + r : p0);
+    const bf16_t* brow = a.act + size_t(kMlp1 ? slot / a.k : slot) * a.ld_act + 8 * c + 64 * c0;
     // Prologue: weights and scales of local chunks 0 .. D-2 (one commit group), then (after mlp1,
     // for mlp2) the activations of each of those chunks (one group each), so that in the loop below
     // the group of local chunk j is complete once at most D - 1 newer groups are pending.
     for (int j = 0; j < D - 1; ++j) {
       if (j >= nc) break;
-      const uint32_t st = uint32_t(j * SB);
+      const uint32_t st = uint32_t(j * kStageBytes);
       tc::cp_async_16(my_w + st, wsrc + j * kMxfp4ChunkBytes, true);
       cp_async_4(my_s + st, ssrc + j * kMxfp4ScaleChunkBytes);
     }
     tc::cp_async_commit();
-    if (!kMlp1 && p0 == 0) pdl_wait();  // z (and the counters) come from mlp1
+    if (!kMlp1 && p0 == 0) pdl_wait();  // z and the counters come from mlp1
     for (int j = 0; j < D - 1; ++j) {
-      if (j < nc) issue_b(uint32_t(j * SB), j);
+      if (j < nc && has_col) {
+        const uint32_t st = uint32_t(j * kStageBytes);
+        tc::cp_async_16(my_b + st, brow + 64 * j, true);
+        if (64 * (c0 + j) + 32 < a.K) tc::cp_async_16(my_b + st + 512, brow + 64 * j + 32, true);
+      }
       tc::cp_async_commit();
     }
 
-    // Sources of the next local chunk to issue (jn = j + D - 1), advanced by one chunk per iteration
-    // (pointers, not recomputed addresses: the activation rows' address math would cost ~15
-    // instructions per chunk).
+    // Sources of the next local chunk to issue (jn = j + D - 1), advanced by one chunk per iteration.
     const uint8_t* wn = wsrc + (D - 1) * kMxfp4ChunkBytes;
     const uint8_t* sn = ssrc + (D - 1) * kMxfp4ScaleChunkBytes;
-    const bf16_t* bn[NT];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) bn[nt] = brow[nt] + 64 * (D - 1);
-    float acc0[NT][4] = {}, acc1[NT][4] = {};
+    const bf16_t* bn = brow + 64 * (D - 1);
+    float acc0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, acc1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int j = 0; j < nc; ++j) {
       const int jn = j + D - 1;  // refills the stage consumed in iteration j - 1
       if (jn < nc) {
-        const uint32_t st = uint32_t((jn & (D - 1)) * SB);
+        const uint32_t st = uint32_t((jn & (D - 1)) * kStageBytes);
         tc::cp_async_16(my_w + st, wn, true);
         cp_async_4(my_s + st, sn);
-        const bool hi = 64 * (c0 + jn) + 32 < a.K;
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          if (!has_col[nt]) continue;
-          tc::cp_async_16(my_b + st + 1024 * nt, bn[nt], true);
-          if (hi) tc::cp_async_16(my_b + st + 1024 * nt + 512, bn[nt] + 32, true);
+        if (has_col) {
+          tc::cp_async_16(my_b + st, bn, true);
+          if (64 * (c0 + jn) + 32 < a.K) tc::cp_async_16(my_b + st + 512, bn + 32, true);
         }
       }
       tc::cp_async_commit();
       wn += kMxfp4ChunkBytes;
       sn += kMxfp4ScaleChunkBytes;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) bn[nt] += 64;
+      bn += 64;
       tc::cp_async_wait<D - 1>();
-      const uint32_t st = uint32_t((j & (D - 1)) * SB);
+      const uint32_t st = uint32_t((j & (D - 1)) * kStageBytes);
       const uint4 w = tc::lds_128(my_w + st);
       const uint32_t sw = tc::lds_32(my_s + st);
+      const uint4 b0 = tc::lds_128(my_b + st);
       uint32_t A[4][4];
       dequant_steps<4>(w, sw, 0, kFast, A);
-      const bool hi = 64 * (c0 + j) + 32 < a.K;  // the chunk's second k32 block exists
-      // Two accumulators per column tile: the halves' mma chains are independent.
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const uint4 b0 = tc::lds_128(my_b + st + 1024 * nt);
-        tc::mma_bf16_16816(acc0[nt], A[0][0], A[0][1], A[0][2], A[0][3], tc::word(b0, 0), tc::word(b0, 1));
-        tc::mma_bf16_16816(acc0[nt], A[1][0], A[1][1], A[1][2], A[1][3], tc::word(b0, 2), tc::word(b0, 3));
-        if (hi) {
-          const uint4 b1 = tc::lds_128(my_b + st + 1024 * nt + 512);
-          tc::mma_bf16_16816(acc1[nt], A[2][0], A[2][1], A[2][2], A[2][3], tc::word(b1, 0), tc::word(b1, 1));
-          tc::mma_bf16_16816(acc1[nt], A[3][0], A[3][1], A[3][2], A[3][3], tc::word(b1, 2), tc::word(b1, 3));
-        }
+      // Two accumulators: the halves' mma chains are independent.
+      tc::mma_bf16_16816(acc0, A[0][0], A[0][1], A[0][2], A[0][3], tc::word(b0, 0), tc::word(b0, 1));
+      tc::mma_bf16_16816(acc0, A[1][0], A[1][1], A[1][2], A[1][3], tc::word(b0, 2), tc::word(b0, 3));
+      if (64 * (c0 + j) + 32 < a.K) {  // the chunk's second k32 block exists
+        const uint4 b1 = tc::lds_128(my_b + st + 512);
+        tc::mma_bf16_16816(acc1, A[2][0], A[2][1], A[2][2], A[2][3], tc::word(b1, 0), tc::word(b1, 1));
+        tc::mma_bf16_16816(acc1, A[3][0], A[3][1], A[3][2], A[3][3], tc::word(b1, 2), tc::word(b1, 3));
       }
     }
     tc::cp_async_wait<0>();  // the rings are reused: by the reduction and by the next pass
-    // acc = rows r, r + 8 of the tile x columns 8 nt + 2c, + 1 of the pass, summed over the K parts
-    // in ks order (warps 1 .. KS-1 leave theirs at the start of their own rings).
-    float acc[NT][4];
+    // acc = rows r, r + 8 of the tile x columns 2c, 2c + 1 of the pass, summed over the K parts in
+    // ks order (warps 1 .. KS-1 leave theirs at the start of their own rings).
+    float acc[4];
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int q = 0; q < 4; ++q) acc[nt][q] = acc0[nt][q] + acc1[nt][q];
+    for (int q = 0; q < 4; ++q) acc[q] = acc0[q] + acc1[q];
     if (KS > 1) {
-      if (ks > 0)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-          asm volatile("st.shared.v4.f32 [%0], {%1,%2,%3,%4};\n" ::"r"(ring + 512 * nt + 16 * lane), "f"(acc[nt][0]),
-                       "f"(acc[nt][1]), "f"(acc[nt][2]), "f"(acc[nt][3]) : "memory");
+      if (ks > 0) asm volatile("st.shared.v4.f32 [%0], {%1,%2,%3,%4};\n" ::"r"(ring + 16 * lane), "f"(acc[0]),
+                               "f"(acc[1]), "f"(acc[2]), "f"(acc[3]) : "memory");
       named_barrier(1 + group, KS * 32);
       if (ks == 0)
-        for (int q = 1; q < KS; ++q)
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt) {
-            const uint4 v = tc::lds_128(ring + uint32_t(q * D * SB) + 512 * nt + 16 * lane);
-            acc[nt][0] += __uint_as_float(v.x);
-            acc[nt][1] += __uint_as_float(v.y);
-            acc[nt][2] += __uint_as_float(v.z);
-            acc[nt][3] += __uint_as_float(v.w);
-          }
+        for (int q = 1; q < KS; ++q) {
+          const uint4 v = tc::lds_128(ring + uint32_t(q * D * kStageBytes) + 16 * lane);
+          acc[0] += __uint_as_float(v.x);
+          acc[1] += __uint_as_float(v.y);
+          acc[2] += __uint_as_float(v.z);
+          acc[3] += __uint_as_float(v.w);
+        }
       named_barrier(1 + group, KS * 32);  // the partner rings are free for the next pass
       if (ks > 0) continue;
     }
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int cc = 0; cc < 2; ++cc) {
-        const int col = 8 * nt + 2 * c + cc;
-        if (p0 + col >= ncols) continue;
-        const int s = slot_of(p0, col);
-        if (kMlp1) {
-          // Rows r / r + 8 = checkpoint rows 2u (glu) / 2u + 1 (linear) of unit u.
-          const int unit = tile * 8 + r;
-          const float* b = a.bias + size_t(e) * a.R + 2 * unit;
-          const float zv = swiglu(acc[nt][cc] + b[0], acc[nt][2 + cc] + b[1], a.alpha, a.limit);
-          reinterpret_cast<__nv_bfloat16*>(a.z)[size_t(s) * a.I + unit] = __float2bfloat16_rn(zv);
-        } else {
-          // Rows r / r + 8 = output rows o / o + 1.
-          const int o = tile * 16 + 2 * r;
-          const float* b = a.bias + size_t(e) * a.R + o;
-          const float w = __ldcg(a.expert_w + s);
-          *reinterpret_cast<float2*>(a.partial + size_t(s) * a.R + o) =
-              make_float2(w * (acc[nt][cc] + b[0]), w * (acc[nt][2 + cc] + b[1]));
-        }
+    for (int cc = 0; cc < 2; ++cc) {
+      const int pc = p0 + 2 * c + cc;
+      if (pc >= we.n) continue;
+      const int s = nth_set_bit(we.slots, pc);
+      if (kMlp1) {
+        // Rows r / r + 8 = checkpoint rows 2u (glu) / 2u + 1 (linear) of unit u.
+        const int unit = tile * 8 + r;
+        const float* b = a.bias + size_t(we.e) * a.R + 2 * unit;
+        const float zv = swiglu(acc[cc] + b[0], acc[2 + cc] + b[1], a.alpha, a.limit);
+        reinterpret_cast<__nv_bfloat16*>(a.z)[size_t(s) * a.I + unit] = __float2bfloat16_rn(zv);
+      } else {
+        // Rows r / r + 8 = output rows o / o + 1.
+        const int o = tile * 16 + 2 * r;
+        const float* b = a.bias + size_t(we.e) * a.R + o;
+        const float w = __ldcg(a.expert_w + s);
+        *reinterpret_cast<float2*>(a.partial + size_t(s) * a.R + o) =
+            make_float2(w * (acc[cc] + b[0]), w * (acc[2 + cc] + b[1]));
       }
+    }
   }
 
-  if (!kMlp1 && !kRouted && ks == 0) {
+  if (!kMlp1 && ks == 0) {
     // The last of the tile's n_active groups adds every token's k partials (slot order) onto y.
     __threadfence();
     __syncwarp();
@@ -327,28 +264,21 @@ __global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(Gemv
   }
 }
 
-template <bool kMlp1, bool kFast, int D, int NT, bool kRouted>
-Status launch_stream_t(const GemvArgs& a, const RouteView& rv, int ks, int groups, bool pdl, cudaStream_t stream) {
-  auto kernel = bf16_mxfp4w_moe_stream<kMlp1, kFast, D, NT, kRouted>;
-  const size_t smem = size_t(kStreamWarps) * D * stage_bytes(NT);
+template <bool kMlp1, bool kFast, int D>
+Status launch_stream_t(const GemvArgs& a, int ks, bool pdl, cudaStream_t stream) {
+  auto kernel = bf16_mxfp4w_moe_stream<kMlp1, kFast, D>;
+  const size_t smem = size_t(kStreamWarps) * D * kStageBytes;
   GPTOSS_RETURN_IF_ERROR(ensure_smem(reinterpret_cast<const void*>(kernel), smem, "bf16_mxfp4w_moe_stream"));
-  const int items = groups * (a.R / kMxfp4TileRows), per_block = kStreamWarps / ks;
+  const int items = std::min(a.E, a.T * a.k) * (a.R / kMxfp4TileRows), per_block = kStreamWarps / ks;
   return launch_pdl(kernel, dim3(unsigned((items + per_block - 1) / per_block)), dim3(kStreamWarps * 32), smem, pdl,
-                    stream, kMlp1 ? "bf16_mxfp4w_moe_stream<mlp1>" : "bf16_mxfp4w_moe_stream<mlp2>", a, rv, ks);
+                    stream, kMlp1 ? "bf16_mxfp4w_moe_stream<mlp1>" : "bf16_mxfp4w_moe_stream<mlp2>", a, ks);
 }
 
 template <bool kMlp1, bool kFast>
-Status launch_decode(const GemvArgs& a, bool pdl, cudaStream_t stream) {
+Status launch_stream_d(const GemvArgs& a, bool pdl, cudaStream_t stream) {
   const StreamShape sh = stream_shape(a.T * a.k);
-  const int groups = std::min(a.E, a.T * a.k);
-  return sh.depth == 8 ? launch_stream_t<kMlp1, kFast, 8, 1, false>(a, RouteView{}, sh.ks, groups, pdl, stream)
-                       : launch_stream_t<kMlp1, kFast, 4, 1, false>(a, RouteView{}, sh.ks, groups, pdl, stream);
-}
-
-template <bool kMlp1, bool kFast>
-Status launch_routed(const GemvArgs& a, const RouteView& rv, bool pdl, cudaStream_t stream) {
-  const int ks = forced_ks() ? forced_ks() : 1;
-  return launch_stream_t<kMlp1, kFast, 4, kStreamRouteRows / 8, true>(a, rv, ks, rv.max_tiles, pdl, stream);
+  return sh.depth == 8 ? launch_stream_t<kMlp1, kFast, 8>(a, sh.ks, pdl, stream)
+                       : launch_stream_t<kMlp1, kFast, 4>(a, sh.ks, pdl, stream);
 }
 
 }  // namespace
@@ -367,24 +297,8 @@ Status launch_stream(const GemvArgs& a, bool mlp1, bool pdl, cudaStream_t stream
   if (!mlp1 && a.n_counters < a.R / kMxfp4TileRows)
     return make_error(StatusCode::InvalidArgument, "moe stream: one arrival counter per output tile needed");
   if (mlp1)
-    return a.fast_scales ? launch_decode<true, true>(a, false, stream) : launch_decode<true, false>(a, false, stream);
-  return a.fast_scales ? launch_decode<false, true>(a, pdl, stream) : launch_decode<false, false>(a, pdl, stream);
-}
-
-// Floor (gpt-oss-20b, T = 64, all 32 experts active): 423 MB -> 100 us on the H200 for both launches;
-// issue: ~140 warp instructions per chunk and route tile, 778k (expert, tile, chunk) triples at one
-// route tile per expert -> ~110M warp instructions, ~115 us at one per scheduler and cycle.
-Status launch_stream_routed(const GemvArgs& a, const RouteView& rv, bool mlp1, bool pdl, cudaStream_t stream) {
-  const int S = a.T * a.k;
-  if (S < 1 || S > kGemvMaxSlots || a.E < 1 || a.E > kRouteMaxExperts || rv.max_tiles < 0)
-    return make_error(StatusCode::InvalidArgument,
-                      "moe stream (routed): need 1 <= T * k <= " + std::to_string(kGemvMaxSlots) + " and 1 <= E <= 256");
-  if (a.R % kMxfp4TileRows != 0 || a.K % 32 != 0 || a.K <= 0 || a.R <= 0 || a.ld_act % 8 != 0)
-    return make_error(StatusCode::InvalidArgument, "moe stream: rows must be a multiple of 16, K of 32, ld_act of 8");
-  if (rv.max_tiles == 0) return Status::Ok();
-  if (mlp1)
-    return a.fast_scales ? launch_routed<true, true>(a, rv, false, stream) : launch_routed<true, false>(a, rv, false, stream);
-  return a.fast_scales ? launch_routed<false, true>(a, rv, pdl, stream) : launch_routed<false, false>(a, rv, pdl, stream);
+    return a.fast_scales ? launch_stream_d<true, true>(a, false, stream) : launch_stream_d<true, false>(a, false, stream);
+  return a.fast_scales ? launch_stream_d<false, true>(a, pdl, stream) : launch_stream_d<false, false>(a, pdl, stream);
 }
 
 }  // namespace moe
