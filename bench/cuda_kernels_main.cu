@@ -1,4 +1,4 @@
-// Micro-benchmark of cuda-b's kernels (dense bf16, MXFP4 MoE) on random device data, built and run
+// Micro-benchmark of the CUDA kernels (dense bf16, decode attention, MXFP4 MoE) on random device data, built and run
 // by bench/cuda_kernels.py. Each case is captured as a CUDA graph of `reps` back-to-back calls, so
 // the time is GPU time without host launch overhead; the median of several graph launches is
 // reported. Prints one JSON object per line.
