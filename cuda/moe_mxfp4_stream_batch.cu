@@ -105,7 +105,7 @@ __global__ void __launch_bounds__(kThreads) bf16_mxfp4w_moe_stream_batch(GemvArg
     const uint4 w = tc::lds_128(st + my_w);
     const uint32_t sw = tc::lds_32(st + my_s);
     uint32_t A[4][4];
-    dequant_steps<4>(w, sw, 0, kFast, A);
+    dequant_steps<kFast, 4>(w, sw, 0, A);
     const bool hi = 64 * j + 32 < a.K;  // the chunk's second k32 block exists
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
