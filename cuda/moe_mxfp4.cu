@@ -286,7 +286,7 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
       g.bias = a.bias;
       g.R = a.R;
       g.K = a.K;
-      return moe::launch_stream_routed(g, rv, mlp1, !mlp1 && moe::use_pdl(), stream);
+      return moe::launch_stream_routed(g, rv, mlp1, !mlp1 && pdl, stream);
     }
     return wg ? moe::launch_gemm_wgmma(mlp1, a, max_tiles, stream) : moe::launch_gemm_mma(bm, mlp1, a, max_tiles, stream);
   };

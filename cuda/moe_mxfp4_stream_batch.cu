@@ -37,10 +37,6 @@ constexpr int kWarpBytes = kMxfp4ChunkBytes + 128;           // 640
 constexpr int kStageBytes = kStageCols + kWarps * kWarpBytes;  // 7168
 constexpr size_t kSmem = size_t(kDepth) * kStageBytes;       // 28 KB
 
-__device__ __forceinline__ void cp_async_4(uint32_t dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src));
-}
-
 // grid.x = groups of kWarps weight tiles, grid.y = route-tile slots (max_tiles).
 template <bool kMlp1, bool kFast>
 __global__ void __launch_bounds__(kThreads) bf16_mxfp4w_moe_stream_batch(GemvArgs a, RouteView rv) {
@@ -74,7 +70,7 @@ __global__ void __launch_bounds__(kThreads) bf16_mxfp4w_moe_stream_batch(GemvArg
     if (j >= chunks || !has_tile) return;
     const uint32_t st = sbase + uint32_t((j % kDepth) * kStageBytes);
     tc::cp_async_16(st + my_w, wsrc + size_t(j) * kMxfp4ChunkBytes, true);
-    cp_async_4(st + my_s, ssrc + size_t(j) * kMxfp4ScaleChunkBytes);
+    tc::cp_async_4(st + my_s, ssrc + size_t(j) * kMxfp4ScaleChunkBytes);
   };
   auto issue_b = [&](int j) {
     if (j >= chunks || !copier) return;
