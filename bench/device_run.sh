@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One batched call on a lent GPU machine (no network there): install the carried wheels from .whl/
 # (our cp312 wheel built here, openai-harmony, gpt-oss, and the o200k vocabulary file), then run the
-# requested stages, logging each under $OUT. Usage: bench/device_run.sh [tests] [e2e] [bench20b] [sanitize]
+# requested stages, logging each under $OUT (bench/build_device.sh builds .whl/ here first). Usage:
+# bench/device_run.sh [tests] [e2e] [bench20b] [sanitize] ... (the case labels below)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gptoss-out}
