@@ -11,9 +11,7 @@ rm -f .whl/gpt_oss_c-*.whl
   -C cmake.define.GPT_OSS_C_MOE_GEMV_DECODE= -C build-dir=build/dev312 > build/bench/wheel.log 2>&1 ||
   { tail -n 30 build/bench/wheel.log; exit 1; }
 cp build/dev312/test_cuda_backend build/dev312/test_mxfp4_layout .whl/ctest/
-nvcc -std=c++17 -O3 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Icsrc -Icuda -o build/bench/cuda_kernels \
-  bench/cuda_kernels_main.cu bench/cuda_kernels_check.cu cuda/dense_bf16.cu cuda/moe_mxfp4*.cu cuda/expert_route.cu \
-  cuda/mxfp4_layout.cu
+python3 bench/cuda_kernels.py --build-only
 cp build/bench/cuda_kernels .whl/bench/
 ls -la .whl .whl/bench .whl/ctest | grep -v "^total"
 du -sh .whl

@@ -1,4 +1,4 @@
-"""Micro-benchmark of the dense bf16 and MXFP4 MoE CUDA kernels (cuda-b) on random data.
+"""Micro-benchmark of the dense bf16, decode attention and MXFP4 MoE CUDA kernels on random data.
 
 Builds bench/cuda_kernels_main.cu together with the kernel sources (nvcc, sm_90a + sm_80 SASS),
 runs it, and prints one line per case: median GPU time per call (CUDA graph of back-to-back calls,
@@ -22,12 +22,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["bench/cuda_kernels_main.cu", "bench/cuda_kernels_check.cu", "cuda/dense_bf16.cu", "cuda/moe_mxfp4.cu",
-           "cuda/moe_mxfp4_gemv.cu", "cuda/moe_mxfp4_stream.cu", "cuda/moe_mxfp4_gemm.cu", "cuda/moe_mxfp4_wgmma.cu", "cuda/expert_route.cu", "cuda/mxfp4_layout.cu"]
+SOURCES = ["bench/cuda_kernels_main.cu", "bench/cuda_kernels_check.cu", "cuda/attention.cu", "cuda/dense_bf16.cu",
+           "cuda/moe_mxfp4*.cu", "cuda/expert_route.cu", "cuda/mxfp4_layout.cu"]
 
 
 def build(nvcc: str, exe: Path) -> None:
-    srcs = [ROOT / s for s in SOURCES]
+    srcs = sorted(p for pattern in SOURCES for p in ROOT.glob(pattern))
     deps = srcs + list((ROOT / "cuda").glob("*.cuh")) + [ROOT / "csrc" / "common.h", ROOT / "csrc" / "ops.h",
                                                           Path(__file__)]
     if exe.exists() and exe.stat().st_mtime > max(p.stat().st_mtime for p in deps):
@@ -46,10 +46,13 @@ def main() -> int:
     ap.add_argument("--nvcc", default=shutil.which("nvcc") or "nvcc")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--check", action="store_true", help="run the correctness check instead of the benchmark")
+    ap.add_argument("--build-only", action="store_true", help="only (re)build build/bench/cuda_kernels (no GPU needed)")
     args = ap.parse_args()
 
     exe = ROOT / "build" / "bench" / "cuda_kernels"
     build(args.nvcc, exe)
+    if args.build_only:
+        return 0
     if args.check:
         return subprocess.run([str(exe), "check"]).returncode
     proc = subprocess.run([str(exe), str(args.reps)], capture_output=True, text=True)

@@ -1,4 +1,4 @@
-// Micro-benchmark of cuda-b's kernels (dense bf16, MXFP4 MoE) on random device data, built and run
+// Micro-benchmark of the CUDA kernels (dense bf16, decode attention, MXFP4 MoE) on random device data, built and run
 // by bench/cuda_kernels.py. Each case is captured as a CUDA graph of `reps` back-to-back calls, so
 // the time is GPU time without host launch overhead; the median of several graph launches is
 // reported. Prints one JSON object per line.
@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "attention.cuh"
 #include "backend.h"
 #include "cuda_backend.cuh"
 #include "cuda_check.cuh"
@@ -135,7 +136,7 @@ int main(int argc, char** argv) {
     return run_checks(stream, argc > 2 ? argv[2] : "");
   }
   const int reps = argc > 1 ? std::atoi(argv[1]) : 20;
-  // One family: dense | fused | moe, or moe:T for the MoE cases with T tokens only (for ncu).
+  // One family: dense | fused | attention | moe, or moe:T for the MoE cases with T tokens only (for ncu).
   const std::string only = argc > 2 ? argv[2] : "";
   const int only_t = only.rfind("moe:", 0) == 0 ? std::atoi(only.c_str() + 4) : 0;
   auto want = [&](const char* family) {
@@ -264,6 +265,59 @@ int main(int argc, char** argv) {
       cudaFree(ptr);
   }
   cudaFree(dws.ptr);
+
+  // ---- decode attention (20b heads: 64 query, 8 KV, head_dim 64, bf16 cache), S sequences of one
+  // token each at context `ctx`; full attention (window 0, cache len = ctx) or the 128-token window.
+  // Bytes: the KV read (ctx or 128 positions x 8 heads x 64 x 2 x 2) + q / out.
+  {
+    struct AttnCase { int S, ctx, window; };
+    const AttnCase attns[] = {{1, 128, 0}, {1, 1024, 0}, {1, 8192, 0}, {1, 8192, 128}, {64, 256, 0}, {64, 256, 128}};
+    const int NQ = 64, NKV = 8;
+    for (const AttnCase& c : attns) {
+      if (!want("attention")) break;
+      const int S = c.S, len = c.window ? c.window : c.ctx + 1;
+      uint16_t *q, *kv, *ck, *cv, *out;
+      float* sinks;
+      int32_t* ints;
+      CHECK_CUDA(cudaMalloc(&q, size_t(S) * NQ * 64 * 2)); CHECK_CUDA(cudaMalloc(&out, size_t(S) * NQ * 64 * 2));
+      CHECK_CUDA(cudaMalloc(&kv, size_t(S) * 2 * NKV * 64 * 2)); CHECK_CUDA(cudaMalloc(&sinks, NQ * 4));
+      CHECK_CUDA(cudaMalloc(&ck, size_t(S) * NKV * len * 64 * 2)); CHECK_CUDA(cudaMalloc(&cv, size_t(S) * NKV * len * 64 * 2));
+      CHECK_CUDA(cudaMalloc(&ints, size_t(5 * S + 1) * 4));
+      fill_bf16<<<1024, 256, 0, stream>>>(q, size_t(S) * NQ * 64, 21, 1.0f);
+      fill_bf16<<<1024, 256, 0, stream>>>(kv, size_t(S) * 2 * NKV * 64, 22, 1.0f);
+      fill_bf16<<<4096, 256, 0, stream>>>(ck, size_t(S) * NKV * len * 64, 23, 1.0f);
+      fill_bf16<<<4096, 256, 0, stream>>>(cv, size_t(S) * NKV * len * 64, 24, 1.0f);
+      CHECK_CUDA(cudaMemsetAsync(sinks, 0, NQ * 4, stream));
+      // tok_pos | tok_seq | seq_slot | seq_start | seq_tok0: token s is sequence s's token at position ctx.
+      std::vector<int32_t> h(size_t(5 * S + 1));
+      for (int i = 0; i < S; ++i) {
+        h[i] = c.ctx; h[S + i] = i; h[2 * S + i] = i; h[3 * S + i] = c.ctx; h[4 * S + i] = i;
+      }
+      h[5 * S] = S;
+      CHECK_CUDA(cudaMemcpy(ints, h.data(), h.size() * 4, cudaMemcpyHostToDevice));
+      AttentionParams ap;
+      ap.batch.T = S; ap.batch.S = S; ap.batch.tok_pos = ints; ap.batch.tok_seq = ints + S; ap.batch.seq_slot = ints + 2 * S;
+      ap.batch.seq_start = ints + 3 * S; ap.batch.seq_tok0 = ints + 4 * S;
+      ap.q = q; ap.ldq = NQ * 64; ap.k = kv; ap.v = kv + NKV * 64; ap.ldkv = 2 * NKV * 64; ap.act_type = DType::BF16;
+      ap.cache.k = ck; ap.cache.v = cv; ap.cache.type = DType::BF16; ap.cache.slots = S; ap.cache.n_kv = NKV; ap.cache.len = len;
+      ap.sinks = sinks; ap.out = out; ap.ldo = NQ * 64; ap.n_q = NQ; ap.n_kv = NKV; ap.window = c.window;
+      AttentionWorkspace aws;
+      aws.num_sms = prop.multiProcessorCount;
+      aws.bytes = attention_workspace_bytes(S, NQ, NKV, aws.num_sms);
+      CHECK_CUDA(cudaMalloc(&aws.ptr, aws.bytes));
+      CHECK_CUDA(cudaMemset(aws.ptr, 0, aws.bytes));
+      CHECK_CUDA(cudaMalloc(&aws.errors, sizeof(DeviceErrorRecord)));
+      CHECK_CUDA(cudaMemset(aws.errors, 0, sizeof(DeviceErrorRecord)));
+      float us = 0;
+      if (timer.time([&] { return launch_attention(ap, aws, stream); }, reps, &us)) return 1;
+      const double keys = c.window ? std::min(c.window, c.ctx + 1) : c.ctx + 1;
+      report("attention", "S=" + std::to_string(S) + " ctx=" + std::to_string(c.ctx) + " window=" + std::to_string(c.window), us,
+             double(S) * (keys * NKV * 64 * 2 * 2 + 2.0 * NQ * 64 * 2), double(S) * 4.0 * NQ * 64 * keys);
+      for (void* ptr : {(void*)q, (void*)kv, (void*)ck, (void*)cv, (void*)out, (void*)sinks, (void*)ints, aws.ptr,
+                        (void*)aws.errors})
+        cudaFree(ptr);
+    }
+  }
 
   // ---- MoE ----
   struct MoeCase { int T, E, k, H, I; };

@@ -317,27 +317,17 @@ __global__ void __launch_bounds__(kGemvWarps * 32) bf16_dense_gemv_mma(DenseArgs
   pdl_wait();
 
   if constexpr (XS) {
-    // x[t] = rmsnorm(xf[t]) * norm_w in f32, rounded to bf16: the same loop and reduction order as
-    // f32_rmsnorm (cuda/rmsnorm.cu, 256 threads).
-    const int n4 = a.K / 4;
+    // x[t] = rmsnorm(xf[t]) * norm_w in f32, rounded to bf16: rmsnorm_row, as f32_rmsnorm
+    // (cuda/rmsnorm.cu, 256 threads).
     const float4* g4 = reinterpret_cast<const float4*>(a.norm_w);
     char* xs_bytes = reinterpret_cast<char*>(xs_smem);
     for (int t = 0; t < a.T; ++t) {
       const float4* x4 = reinterpret_cast<const float4*>(a.xf + size_t(t) * a.ldxf);
-      float ss = 0.0f;
-      for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-        const float4 v = x4[i];
-        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-      }
-      ss = block_sum(ss, norm_red);
-      const float inv = rsqrtf(ss / float(a.K) + a.eps);
-      for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-        const float4 v = x4[i], g = __ldg(g4 + i);
-        const uint2 packed = make_uint2(pack_bf16x2(v.x * inv * g.x, v.y * inv * g.y),
-                                        pack_bf16x2(v.z * inv * g.z, v.w * inv * g.w));
+      rmsnorm_row(x4, g4, a.K / 4, a.K, a.eps, norm_red, [&](int i, float4 v) {
+        const uint2 packed = make_uint2(pack_bf16x2(v.x, v.y), pack_bf16x2(v.z, v.w));
         *reinterpret_cast<uint2*>(xs_bytes + t * gemv_xs_row_bytes(a.K) + 8 * i) = packed;
         if (a.xn != nullptr && blockIdx.x == 0) *reinterpret_cast<uint2*>(a.xn + size_t(t) * a.ldxn + 4 * i) = packed;
-      }
+      });
     }
     __syncthreads();
   }

@@ -40,6 +40,26 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
   return warp_sum(v);
 }
 
+// RMSNorm of one f32 row x4[0 .. n4) (n4 = H / 4 float4s) times the weights g4, the whole block
+// taking part: store(i, float4) receives elements 4i .. 4i + 3. The one loop and reduction order
+// that f32_rmsnorm (cuda/rmsnorm.cu) and the dense GEMV's fused prologue (cuda/dense_bf16.cu) share,
+// so the fused decode path rounds exactly like the plain op. `red`: 32 floats of shared memory.
+template <class Store>
+__device__ __forceinline__ void rmsnorm_row(const float4* x4, const float4* g4, int n4, int H, float eps, float* red,
+                                            Store store) {
+  float ss = 0.0f;
+  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+    const float4 v = x4[i];
+    ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+  }
+  ss = block_sum(ss, red);
+  const float inv = rsqrtf(ss / float(H) + eps);
+  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+    const float4 v = x4[i], g = __ldg(g4 + i);
+    store(i, make_float4(v.x * inv * g.x, v.y * inv * g.y, v.z * inv * g.z, v.w * inv * g.w));
+  }
+}
+
 // Two floats -> one 32-bit bf16 pair, `lo` in the low half (the lower element index), RNE.
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);

@@ -150,7 +150,7 @@ __global__ void __launch_bounds__(kGemmWarps * 32, 2) bf16_mxfp4w_moe_gemm(GemmA
       if (j * 64 + 32 * h >= a.K) continue;  // the pad half of a last half chunk
       uint32_t A[2][2][4];                      // [row tile][q][reg]
 #pragma unroll
-      for (int i = 0; i < 2; ++i) dequant_steps<2>(wcur[i], scur[i], 2 * h, kFast, A[i]);
+      for (int i = 0; i < 2; ++i) dequant_steps<kFast, 2>(wcur[i], scur[i], 2 * h, A[i]);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         const int row = wt * (BM / 2) + 8 * nt + r;

@@ -228,7 +228,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) bf16_mxfp4w_moe_ge
       const uint4 w = tc::lds_128(codes_s + off * kMxfp4ChunkBytes + lane * 16);
       const uint32_t sw = tc::lds_32(scales_s + off * kMxfp4ScaleChunkBytes + r * 4);
       uint32_t A[4][4];
-      dequant_steps<4>(w, sw, 0, kFast, A);
+      dequant_steps<kFast, 4>(w, sw, 0, A);
 #pragma unroll
       for (int s = 0; s < 4; ++s) {
         if (s >= 2 && !hi) break;

@@ -44,36 +44,28 @@ __device__ __forceinline__ uint32_t scale_bf16x2(uint32_t s) {
 // in MXFP4 block 2j + h) from the lane's 16 code bytes `w` and packed scale word `sw`
 // (mxfp4_layout.cuh): A[q] = step s0 + q = word s0 + q. Register i holds row r (i even) or r + 8
 // (i odd), whose scale is byte 2h + (i & 1).
-// `fast` (a compile-time constant in every kernel: MoEParams::scales_below_128, known at load) when
+// kFast (MoEParams::scales_below_128, known at load, hence a template parameter of every kernel) when
 // every scale byte is < 128 (real checkpoints: ~2^-7): then one bf16 multiply by 2^(s-1)
 // (mxfp4_scale_muls_bf16x2) turns an unpacked register (fp4 * 2^-126) into the weight
 // fp4 * 2^(s-127); otherwise two multiplies, by 2^126 and by 2^(s-127). All products are exact
 // (2-bit significands, bf16 subnormals kept), so both ways give identical bits. A per-chunk
 // run-time choice made the compiler keep both paths (~130 instead of ~85 instructions per chunk).
-template <int NW>
-__device__ __forceinline__ void dequant_steps(const uint4& w, uint32_t sw, int s0, bool fast, uint32_t (&A)[NW][4]) {
+template <bool kFast, int NW>
+__device__ __forceinline__ void dequant_steps(const uint4& w, uint32_t sw, int s0, uint32_t (&A)[NW][4]) {
   uint32_t m[4];
-  if (fast) {
+  if (kFast) {
     mxfp4_scale_muls_bf16x2(sw, m);
-#pragma unroll
-    for (int q = 0; q < NW; ++q) {
-      uint32_t o[4];
-      mxfp4_unpack_word(tc::word(w, s0 + q), o);
-      const int b = 2 * ((s0 + q) >> 1);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) A[q][i] = bf16x2_mul(o[i], m[b + (i & 1)]);
-    }
   } else {
 #pragma unroll
     for (int i = 0; i < 4; ++i) m[i] = scale_bf16x2(scale_byte(sw, i));
+  }
 #pragma unroll
-    for (int q = 0; q < NW; ++q) {
-      uint32_t o[4];
-      mxfp4_unpack_word(tc::word(w, s0 + q), o);
-      const int b = 2 * ((s0 + q) >> 1);
+  for (int q = 0; q < NW; ++q) {
+    uint32_t o[4];
+    mxfp4_unpack_word(tc::word(w, s0 + q), o);
+    const int b = 2 * ((s0 + q) >> 1);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) A[q][i] = bf16x2_mul(bf16x2_mul(o[i], kBf16x2Two126), m[b + (i & 1)]);
-    }
+    for (int i = 0; i < 4; ++i) A[q][i] = bf16x2_mul(kFast ? o[i] : bf16x2_mul(o[i], kBf16x2Two126), m[b + (i & 1)]);
   }
 }
 

@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(Gemv
       const uint32_t sw = tc::lds_32(my_s + st);
       const uint4 b0 = tc::lds_128(my_b + st);
       uint32_t A[4][4];
-      dequant_steps<4>(w, sw, 0, kFast, A);
+      dequant_steps<kFast, 4>(w, sw, 0, A);
       // Two accumulators: the halves' mma chains are independent.
       tc::mma_bf16_16816(acc0, A[0][0], A[0][1], A[0][2], A[0][3], tc::word(b0, 0), tc::word(b0, 1));
       tc::mma_bf16_16816(acc0, A[1][0], A[1][1], A[1][2], A[1][3], tc::word(b0, 2), tc::word(b0, 3));

@@ -233,7 +233,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) bf16_mxfp4w_moe_wgmma(GemmArgs 
         sw = (sw >> 16) | (sw << 16);
       }
       uint32_t A[4][4];
-      dequant_steps<4>(w, sw, 0, kFast, A);
+      dequant_steps<kFast, 4>(w, sw, 0, A);
       // A[2hl + q] = k32 block h = hl ^ odd, k = 32h + 8c + 4q + 0..3: regs 0, 2 row 2r; 1, 3 row 2r + 1.
 #pragma unroll
       for (int hl = 0; hl < 2; ++hl) {

@@ -36,17 +36,7 @@ __global__ void __launch_bounds__(kNormThreads) f32_rmsnorm(RMSNormParams p) {
   OutT* out = reinterpret_cast<OutT*>(p.out) + size_t(r) * p.ldo;
   const int n4 = p.H / kVec;
 
-  float ss = 0.0f;
-  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-    const float4 v = x[i];
-    ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-  }
-  ss = block_sum(ss, red);
-  const float inv = rsqrtf(ss / float(p.H) + p.eps);
-  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-    const float4 v = x[i], g = __ldg(w + i);
-    store4(out + kVec * i, make_float4(v.x * inv * g.x, v.y * inv * g.y, v.z * inv * g.z, v.w * inv * g.w));
-  }
+  rmsnorm_row(x, w, n4, p.H, p.eps, red, [&](int i, float4 v) { store4(out + kVec * i, v); });
 }
 
 }  // namespace
