@@ -227,7 +227,7 @@ __global__ void __launch_bounds__(kRsThreads, 1) bf16_mxfp4w_moe_wgmma_rs(GemmAr
     const uint32_t st = base + uint32_t(j % kRsStages) * kStageBytes;
     const uint4 w = tc::lds_128(st + kTokBytes + warp * kMxfp4ChunkBytes + lane * 16);
     const uint32_t sw = tc::lds_32(st + kTokBytes + kCodeBytes + warp * kMxfp4ScaleChunkBytes + r * 4);
-    dequant_steps<4>(w, sw, 0, kFast, A);
+    dequant_steps<kFast, 4>(w, sw, 0, A);
   };
 
   float acc[128];
