@@ -87,11 +87,11 @@ for stage in "$@"; do
       # (GPT_OSS_C_MOE_DECODE=gemv): kernel check for each K split, timings of all, ncu, the MoE tests,
       # e2e and the bench.
       mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
-      for ks in 2 1 4; do
+      for ks in 2 1 4 8; do
         GPT_OSS_C_MOE_STREAM_KS=$ks GPT_OSS_C_MOE_DECODE=stream timeout 120 build/bench/cuda_kernels check moe > "$OUT/stream_check_ks$ks.log" 2>&1
         echo "== stream KS=$ks check rc=$?: $(tail -n 1 "$OUT/stream_check_ks$ks.log")"; grep -E "FAIL|HANG" "$OUT/stream_check_ks$ks.log" | head -5
       done
-      for m in gemv stream_ks1 stream_ks2 stream_ks4; do
+      for m in gemv stream_ks1 stream_ks2 stream_ks4 stream_ks8 stream_ks2,4 stream_ks4,8; do
         GPT_OSS_C_MOE_STREAM_KS=${m#stream_ks} GPT_OSS_C_MOE_DECODE=${m%_ks*} timeout 60 build/bench/cuda_kernels 20 moe > "$OUT/stream_bench_$m.log" 2>&1
         echo "== $m: $(grep -o '"shape": "T=[0-9]* E=[0-9]*[^"]*", "us": [0-9.]*' "$OUT/stream_bench_$m.log" | head -4 | sed 's/"shape": //; s/ k=4 H=I=2880//' | tr '\n' ' ')"
       done

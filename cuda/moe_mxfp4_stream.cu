@@ -2,7 +2,7 @@
 // rank, 16-row weight tile), each over a contiguous 1/KS of K (the group sums its parts through
 // shared memory at the end), with weights, scales and activations streamed through a per-warp
 // cp.async ring in shared memory. Replaces moe_mxfp4_gemv.cu's decode shape for T * k <= 32
-// (GPT_OSS_C_MOE_DECODE=gemv brings that back for A/B runs; GPT_OSS_C_MOE_STREAM_KS=1|2|4 forces a
+// (GPT_OSS_C_MOE_DECODE=gemv brings that back for A/B runs; GPT_OSS_C_MOE_STREAM_KS=K or K1,K2 forces a
 // K split). H200, 20b shapes (bench/NOTES.md): T = 1 33 us (gemv 47), T = 8 122 us (gemv 208).
 //
 // Why a cp.async ring (bench/NOTES.md, H200, session 3): the first version kept an 8-chunk ring of
@@ -27,6 +27,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <utility>
 #include <string>
 
 #include "cuda_check.cuh"
@@ -54,13 +56,19 @@ constexpr int kStageBytes = kStageB + 1024;    // 1664
 struct StreamShape {
   int ks, depth;
 };
-StreamShape stream_shape(int slots) {
-  static const int forced = [] {
-    const char* v = std::getenv("GPT_OSS_C_MOE_STREAM_KS");  // A/B knob: 1, 2 or 4
-    const int ks = v ? std::atoi(v) : 0;
-    return ks == 1 || ks == 2 || ks == 4 ? ks : 0;
+// A/B knob GPT_OSS_C_MOE_STREAM_KS: "K" for both launches or "K1,K2" for mlp1 and mlp2, each 1, 2,
+// 4 or 8 (mlp2 has half of mlp1's tiles, so it may want the larger split).
+StreamShape stream_shape(int slots, bool mlp1) {
+  static const std::pair<int, int> forced = [] {
+    const char* v = std::getenv("GPT_OSS_C_MOE_STREAM_KS");
+    auto ok = [](int ks) { return ks == 1 || ks == 2 || ks == 4 || ks == 8 ? ks : 0; };
+    if (!v) return std::pair<int, int>{0, 0};
+    const char* comma = std::strchr(v, ',');
+    const int k1 = ok(std::atoi(v)), k2 = comma ? ok(std::atoi(comma + 1)) : k1;
+    return std::pair<int, int>{k1, k2};
   }();
-  const int ks = forced ? forced : slots <= 4 ? 4 : 2;
+  const int f = mlp1 ? forced.first : forced.second;
+  const int ks = f ? f : slots <= 4 ? 4 : 2;
   return StreamShape{ks, ks == 1 ? 8 : 4};
 }
 
@@ -276,7 +284,7 @@ Status launch_stream_t(const GemvArgs& a, int ks, bool pdl, cudaStream_t stream)
 
 template <bool kMlp1, bool kFast>
 Status launch_stream_d(const GemvArgs& a, bool pdl, cudaStream_t stream) {
-  const StreamShape sh = stream_shape(a.T * a.k);
+  const StreamShape sh = stream_shape(a.T * a.k, kMlp1);
   return sh.depth == 8 ? launch_stream_t<kMlp1, kFast, 8>(a, sh.ks, pdl, stream)
                        : launch_stream_t<kMlp1, kFast, 4>(a, sh.ks, pdl, stream);
 }
