@@ -23,9 +23,8 @@
 // k order: the device layout (mxfp4_layout.cuh) gives lane (r, c) of step s = 2h + q the weights of
 // k = 32h + 8c + 4q + (0..3), not the natural k of an mma fragment, so the B operand must hold the
 // tokens in the same order. wgmma reads B from shared memory in natural order, hence the tokens are
-// stored permuted ("prefill k order"): within each 64-wide chunk, position p = 16s + t (step s, mma
-// k slot t) holds k = 32h + 8((t & 7) >> 1) + 4q + 2(t >> 3) + (t & 1). mlp1 reads x through
-// launch_prefill_permute's copy, and writes z in that order for mlp2.
+// stored permuted ("prefill k order", mxfp4_prefill_pos / mxfp4_prefill_offset in mxfp4_layout.cuh).
+// mlp1 reads x through launch_prefill_permute's copy, and writes z in that order for mlp2.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -48,25 +47,14 @@ constexpr uint32_t kScaleBytes = kRsTiles * kMxfp4ScaleChunkBytes;
 constexpr uint32_t kStageBytes = (kTokBytes + kCodeBytes + kScaleBytes + 1023) / 1024 * 1024;
 constexpr uint32_t kSmemBytes = kRsStages * kStageBytes + 1024;  // + alignment of the base
 
-// Position of k offset o (0 .. 63 inside a chunk) in prefill k order, and back. Both move pairs
-// (o even <-> p even), so the permutation copies 4-byte words.
-__host__ __device__ __forceinline__ int prefill_pos(int o) {
-  const int h = o >> 5, c = (o >> 3) & 3, q = (o >> 2) & 1, hi = (o >> 1) & 1;
-  return 16 * (2 * h + q) + 2 * c + (o & 1) + 8 * hi;
-}
-__host__ __device__ __forceinline__ int prefill_offset(int p) {
-  const int s = p >> 4, t = p & 15;
-  return 32 * (s >> 1) + 8 * ((t & 7) >> 1) + 4 * (s & 1) + 2 * (t >> 3) + (t & 1);
-}
-
-// dst[t][p] = src[t][64 (p / 64) + prefill_offset(p % 64)], one 4-byte word per thread. A K that
+// dst[t][p] = src[t][64 (p / 64) + mxfp4_prefill_offset(p % 64)], one 4-byte word per thread. A K that
 // ends in a half chunk keeps positions < 32 of that chunk, which map inside it.
 __global__ void bf16_prefill_permute(const uint32_t* src, int ld_src_words, uint32_t* dst, int T, int K) {
   const int words = K / 2;
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < size_t(T) * words;
        i += size_t(gridDim.x) * blockDim.x) {
     const int t = int(i / words), w = int(i % words), p = 2 * w;
-    const int k = (p & ~63) + prefill_offset(p & 63);
+    const int k = (p & ~63) + mxfp4_prefill_offset(p & 63);
     dst[i] = src[size_t(t) * ld_src_words + k / 2];
   }
 }
@@ -301,7 +289,7 @@ __global__ void __launch_bounds__(kRsThreads, 1) bf16_mxfp4w_moe_wgmma_rs(GemmAr
         const int u = tile * 8 + r;
         const float* b = a.bias + size_t(e) * a.R + 2 * u;
         const float zv = swiglu(x0 + b[0], x1 + b[1], a.alpha, a.limit);
-        const int zp = (u & ~63) + prefill_pos(u & 63);
+        const int zp = (u & ~63) + mxfp4_prefill_pos(u & 63);
         reinterpret_cast<__nv_bfloat16*>(a.z)[size_t(row0 + m) * a.I + zp] = __float2bfloat16_rn(zv);
       } else {
         // Rows r / r + 8 = output rows o / o + 1.
