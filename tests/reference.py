@@ -190,35 +190,53 @@ def make_mxfp4(rng: np.random.Generator, rows_shape, K: int, exponent: int, spre
     return blocks, scales
 
 
-def moe(x, expert_idx, expert_w, w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2, alpha=1.702, limit=7.0,
-        act_round=None, return_parts=False):
-    """out[t] = sum_j w[t,j] (W2[e] swiglu(W1[e] x[t] + b1[e]) + b2[e]), e = expert_idx[t, j].
-    act_round (optional) is applied to x and to the swiglu output, to model a backend that keeps
-    activations in bf16. With return_parts, also returns per-row magnitudes
-    sum_j w_j (|W2| |z| + |b2|) (for error bounds) and the mlp1 pre-activations of every pair."""
+def _moe_passes(x, expert_idx, expert_w, w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2, alpha, limit, rounds):
+    """The MoE once per entry of `rounds` (None, or a rounding applied to x and to the swiglu
+    output), decoding each active expert's weights once for all passes. Returns the outputs, and
+    the per-row magnitudes and mlp1 pre-activations of the first pass."""
     x = np.asarray(x, np.float64)
-    if act_round is not None:
-        x = act_round(x)
     T, H = x.shape
-    out = np.zeros((T, H))
+    xs = [x if r is None else r(x) for r in rounds]
+    outs = [np.zeros((T, H)) for _ in rounds]
     mag = np.zeros((T, H))
     us = []
     for e in np.unique(expert_idx):
         tok, slot = np.nonzero(expert_idx == e)
         W1 = mxfp4_decode(w1_blocks[e], w1_scales[e])
         W2 = mxfp4_decode(w2_blocks[e], w2_scales[e])
-        u = x[tok] @ W1.T + np.asarray(b1[e], np.float64)
-        z = swiglu(u, alpha, limit)
-        if act_round is not None:
-            z = act_round(z)
-        y = z @ W2.T + np.asarray(b2[e], np.float64)
         w = np.asarray(expert_w, np.float64)[tok, slot][:, None]
-        np.add.at(out, tok, w * y)
-        np.add.at(mag, tok, np.abs(w) * (np.abs(z) @ np.abs(W2).T + np.abs(np.asarray(b2[e], np.float64))))
-        us.append(u)
-    if return_parts:
-        return out, mag, np.concatenate(us)
-    return out
+        for i, r in enumerate(rounds):
+            u = xs[i][tok] @ W1.T + np.asarray(b1[e], np.float64)
+            z = swiglu(u, alpha, limit)
+            if r is not None:
+                z = r(z)
+            y = z @ W2.T + np.asarray(b2[e], np.float64)
+            np.add.at(outs[i], tok, w * y)
+            if i == 0:
+                np.add.at(mag, tok, np.abs(w) * (np.abs(z) @ np.abs(W2).T + np.abs(np.asarray(b2[e], np.float64))))
+                us.append(u)
+    return outs, mag, np.concatenate(us)
+
+
+def moe(x, expert_idx, expert_w, w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2, alpha=1.702, limit=7.0,
+        act_round=None, return_parts=False):
+    """out[t] = sum_j w[t,j] (W2[e] swiglu(W1[e] x[t] + b1[e]) + b2[e]), e = expert_idx[t, j].
+    act_round (optional) is applied to x and to the swiglu output, to model a backend that keeps
+    activations in bf16. With return_parts, also returns per-row magnitudes
+    sum_j w_j (|W2| |z| + |b2|) (for error bounds) and the mlp1 pre-activations of every pair."""
+    (out,), mag, u = _moe_passes(x, expert_idx, expert_w, w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2, alpha,
+                                 limit, [act_round])
+    return (out, mag, u) if return_parts else out
+
+
+def moe_exact_and_rounded(x, expert_idx, expert_w, w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2, alpha=1.702,
+                          limit=7.0, act_round=None):
+    """(exact, mag, rounded): moe(..., return_parts=True)'s output and magnitudes, and
+    moe(..., act_round=act_round), from one decode of each expert's weights (the 20b-shape tests
+    spend most of their time decoding)."""
+    (exact, rounded), mag, _ = _moe_passes(x, expert_idx, expert_w, w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2,
+                                           alpha, limit, [None, act_round or bf16_round])
+    return exact, mag, rounded
 
 
 # ---------------------------------------------------------------------------------------------
