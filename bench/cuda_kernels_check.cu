@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "cuda_backend.cuh"
 #include "dense_bf16.cuh"
 #include "moe_mxfp4.cuh"
 #include "moe_mxfp4_impl.cuh"
@@ -208,7 +209,7 @@ void check_moe(cudaStream_t st, int T, int E, int k, int H, int I) {
   p.w1_blocks = d1b.p; p.w1_scales = d1s.p; p.b1 = db1.p; p.w2_blocks = d2b.p; p.w2_scales = d2s.p; p.b2 = db2.p;
   p.y = dy.p; p.ldy = H; p.T = T; p.E = E; p.k = k; p.H = H; p.I = I;
   p.scales_below_128 = mxfp4_scales_below_128(w1s.data(), w1s.size()) && mxfp4_scales_below_128(w2s.data(), w2s.size());
-  s = launch_moe_mxfp4(p, ws.p, ws_bytes, st);
+  s = launch_moe_mxfp4(p, ws.p, ws_bytes, g_dense_ws.pdl && !cuda_force_portable(), st);
   // A watchdog instead of a blocking synchronise: a kernel that spins forever (the gemv's mlp2
   // waits on mlp1's ready flags) is reported by name and the process exits, instead of eating the
   // caller's time limit.

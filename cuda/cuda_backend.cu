@@ -433,7 +433,7 @@ Status CudaBackend::moe(const MoEParams& p) {
     l.top_k = p.k;
     Status s = ensure_scratch(&moe_scratch_, moe_workspace_bytes(l), "MoE workspace");
     if (!s.ok()) return s;
-    return launch_moe_mxfp4(p, moe_scratch_.ptr, moe_scratch_.bytes, stream_);
+    return launch_moe_mxfp4(p, moe_scratch_.ptr, moe_scratch_.bytes, pdl_, stream_);
   });
 }
 

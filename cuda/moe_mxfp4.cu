@@ -34,17 +34,6 @@
 namespace gptoss {
 namespace moe {
 
-int device_cc_major() {
-  int dev = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return major;
-}
-
-bool use_pdl() { return !cuda_force_portable() && device_cc_major() >= 9; }
-
 // The streaming decode MoE serves T * k <= kStreamMaxSlots unless GPT_OSS_C_MOE_DECODE=gemv (the
 // grouped GEMV's decode shape, kept for A/B runs: bench/device_run.sh stream).
 bool stream_selected() {
@@ -185,7 +174,7 @@ size_t moe_workspace_bytes(const BackendLimits& limits) {
                           size_t(std::max(limits.intermediate, 0)), nullptr, nullptr);
 }
 
-Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_bytes, bool pdl, cudaStream_t stream) {
   const std::string shape = " (T=" + std::to_string(p.T) + ", E=" + std::to_string(p.E) + ", k=" + std::to_string(p.k) +
                             ", H=" + std::to_string(p.H) + ", I=" + std::to_string(p.I) + ")";
   if (p.x_type != DType::BF16)
@@ -250,7 +239,7 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
     g.bias = p.b2;
     g.R = p.H;
     g.K = p.I;
-    return run(false, moe::use_pdl());
+    return run(false, pdl);
   }
 
   const bool wg = moe::wgmma_available();

@@ -60,8 +60,10 @@ size_t moe_workspace_bytes(const BackendLimits& limits);
 // y[t] += sum_j w[t, j] * (W2[e] swiglu(W1[e] x[t] + b1[e]) + b2[e]) (ops.h). x bf16 [T][ldx]
 // (ldx % 8 == 0, 16-byte aligned), y f32 [T][ldy]; weights in the layout above. Requirements are
 // checked (InvalidArgument / Unsupported). Slots whose expert index is outside [0, E) contribute
-// nothing. Deterministic; no allocation or host sync (capture-safe).
-Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+// nothing. Deterministic; no allocation or host sync (capture-safe). `pdl`: the decode paths launch
+// mlp2 with programmatic dependent launch (the caller's decision, as DenseWorkspace::pdl: sm_90+,
+// not GPT_OSS_C_FORCE_PORTABLE, not GPT_OSS_C_NO_PDL).
+Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_bytes, bool pdl, cudaStream_t stream);
 
 // Device bytes of a checkpoint MXFP4 tensor in the layout above.
 Status mxfp4_device_bytes(WeightKind kind, const int64_t* shape, int ndim, size_t* bytes);

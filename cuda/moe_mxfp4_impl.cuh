@@ -98,10 +98,6 @@ __device__ __forceinline__ void st_release_gpu(int32_t* p, int v) {
 // ---------------------------------------------------------------------------------------------
 // Host helpers
 // ---------------------------------------------------------------------------------------------
-// Compute capability major of the current device (0 if it cannot be queried).
-int device_cc_major();
-// Programmatic dependent launch is used on sm_90+ unless GPT_OSS_C_FORCE_PORTABLE=1.
-bool use_pdl();
 // Sets the kernel's dynamic shared memory limit to the device's opt-in maximum (once per kernel
 // and process) and checks that `bytes` fits under it.
 Status ensure_smem(const void* kernel, size_t bytes, const char* name);

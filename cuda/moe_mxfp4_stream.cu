@@ -109,11 +109,6 @@ __device__ __forceinline__ int nth_set_bit(unsigned m, int col) {
   return __ffs(int(m)) - 1;
 }
 
-// 4-byte async copy (cp.async.ca: the only size below 16; the scale word of the lane's row pair).
-__device__ __forceinline__ void cp_async_4(uint32_t dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src));
-}
-
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
@@ -160,7 +155,7 @@ __global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(Gemv
       if (j >= nc) break;
       const uint32_t st = uint32_t(j * kStageBytes);
       tc::cp_async_16(my_w + st, wsrc + j * kMxfp4ChunkBytes, true);
-      cp_async_4(my_s + st, ssrc + j * kMxfp4ScaleChunkBytes);
+      tc::cp_async_4(my_s + st, ssrc + j * kMxfp4ScaleChunkBytes);
     }
     tc::cp_async_commit();
     if (!kMlp1 && p0 == 0) pdl_wait();  // z and the counters come from mlp1
@@ -183,7 +178,7 @@ __global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(Gemv
       if (jn < nc) {
         const uint32_t st = uint32_t((jn & (D - 1)) * kStageBytes);
         tc::cp_async_16(my_w + st, wn, true);
-        cp_async_4(my_s + st, sn);
+        tc::cp_async_4(my_s + st, sn);
         if (has_col) {
           tc::cp_async_16(my_b + st, bn, true);
           if (64 * (c0 + jn) + 32 < a.K) tc::cp_async_16(my_b + st + 512, bn + 32, true);
