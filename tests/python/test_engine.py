@@ -203,25 +203,26 @@ def test_scale_bytes_of_128_and_above_load_and_match_the_cpu(ckpt, device, tmp_p
     down_proj gets bytes 131 (scale 16; the one-multiply form would overflow its byte add) in block 0
     of its first 8 rows of every expert. Compared with the CPU (f32) on the same checkpoint, rows
     held to test_engine's CUDA tolerances."""
-    import json
     import shutil
+
+    from test_loader import rewrite_safetensors
 
     d = tmp_path / "big_scales"
     shutil.copytree(ckpt, d)
     name = "model.layers.0.mlp.experts.down_proj_scales"  # U8 [E, H, I/32]
-    for f in d.glob("*.safetensors"):
-        raw = f.read_bytes()
-        n = int.from_bytes(raw[:8], "little")
-        header = json.loads(raw[8 : 8 + n])
-        if name in header:
-            info = header[name]
-            begin, end = info["data_offsets"]
-            s = np.frombuffer(raw, np.uint8, count=end - begin, offset=8 + n + begin).reshape(info["shape"]).copy()
+    edited = []
+
+    def edit(entries):
+        if name in entries:
+            dtype, shape, blob = entries[name]
+            s = np.frombuffer(blob, np.uint8).reshape(shape).copy()
             s[:, :8, 0] = 131
-            f.write_bytes(raw[: 8 + n + begin] + s.tobytes() + raw[8 + n + end :])
-            break
-    else:
-        pytest.fail(f"{name} not found")
+            entries[name][2] = s.tobytes()
+            edited.append(name)
+
+    for f in d.glob("*.safetensors"):
+        rewrite_safetensors(f, edit)
+    assert edited == [name], f"{name} not found"
     cpu = gpt_oss_c.load(d, device="cpu")
     ids = ids_for(cpu, 24, 9)
     want = cpu.logits(ids)
