@@ -146,7 +146,7 @@ std::string moe_path(int T, int k, int E) {
     const int active = std::min(S, E);
     return (S + active - 1) / active <= 4 ? "gemv decode" : "gemv batch";
   }
-  if (moe::wgmma_available()) return "wgmma";
+  if (moe::wgmma_available()) return moe::prefill_rs_selected() ? "wgmma rs" : "wgmma";
   const int avg = (S + E - 1) / E;
   return "gemm BM=" + std::to_string(avg <= 24 ? 32 : avg <= 64 ? 64 : 128);
 }

@@ -141,6 +141,23 @@ for stage in "$@"; do
         build/bench/cuda_kernels 1 moe:2048 > "$OUT/ncu_prefill.log" 2>&1
       echo "== ncu prefill rc=$?"; grep -E "moe_wgmma|Duration|DRAM Throughput|L2 Cache Throughput|L1/TEX Cache|Compute \(SM\)|Issued Warp|Tensor|Achieved Occupancy" "$OUT/ncu_prefill.log" | head -30
       grep stalled "$OUT/ncu_prefill.log" | awk '$NF+0 > 0.3' | head -20 ;;
+    prefillrs)
+      # The register-operand wgmma prefill MoE (GPT_OSS_C_MOE_PREFILL=rs) against moe_mxfp4_wgmma.cu:
+      # check, timings of the prefill-sized cases, MoE tests, ncu, the bench's prefill.
+      mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
+      GPT_OSS_C_MOE_PREFILL=rs timeout 120 build/bench/cuda_kernels check moe > "$OUT/rs_check.log" 2>&1
+      echo "== rs check rc=$?: $(tail -n 1 "$OUT/rs_check.log")"; grep -E "FAIL|HANG" "$OUT/rs_check.log" | head -5
+      for m in ss rs; do
+        GPT_OSS_C_MOE_PREFILL=$m timeout 60 build/bench/cuda_kernels 10 moe > "$OUT/rs_bench_$m.log" 2>&1
+        echo "== prefill $m: $(grep -o '"shape": "T=[0-9]* E=[0-9]*[^"]*", "us": [0-9.]*' "$OUT/rs_bench_$m.log" | grep -E 'T=(512|2048) ' | sed 's/"shape": //; s/ k=4 H=I=2880//' | tr '\n' ' ')"
+      done
+      GPT_OSS_C_MOE_PREFILL=rs timeout 200 python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda_moe_dense.py \
+        -k "moe and not portable" > "$OUT/rs_tests.log" 2>&1; echo "== rs moe tests: $(tail -n 1 "$OUT/rs_tests.log")"
+      GPT_OSS_C_MOE_PREFILL=rs timeout 100 ncu --clock-control none -k regex:moe_wgmma_rs --launch-count 2 --section SpeedOfLight \
+        --section MemoryWorkloadAnalysis --section SchedulerStats build/bench/cuda_kernels 1 moe:2048 > "$OUT/ncu_rs.log" 2>&1
+      grep -E "moe_wgmma|Duration|L2 Cache Throughput|L1/TEX Cache|Compute \(SM\)|Issued Warp" "$OUT/ncu_rs.log" | head -16
+      GPT_OSS_C_MOE_PREFILL=rs timeout 200 python3 -m gpt_oss_c.bench --size 20b --quick --out "$OUT/bench20b_rs.json" \
+        > "$OUT/bench20b_rs.log" 2>&1; grep -E "prefill|decode_bs1" "$OUT/bench20b_rs.log" ;;
     ncu_moe)
       # The decode MoE (T = 1, 20b shapes) under Nsight Compute: the first mlp1 / mlp2 gemv launches of
       # the kernel micro-benchmark.

@@ -54,6 +54,16 @@ bool batch_stream_selected() {
   return on;
 }
 
+// Prefill on the register-operand wgmma GEMM (moe_mxfp4_wgmma_rs.cu) instead of moe_mxfp4_wgmma.cu:
+// GPT_OSS_C_MOE_PREFILL=rs (A/B candidate).
+bool prefill_rs_selected() {
+  static const bool on = [] {
+    const char* v = std::getenv("GPT_OSS_C_MOE_PREFILL");
+    return v && std::strcmp(v, "rs") == 0;
+  }();
+  return on;
+}
+
 Status ensure_smem(const void* kernel, size_t bytes, const char* name) {
   int dev = 0;
   GPTOSS_CUDA_CHECK(cudaGetDevice(&dev));
@@ -245,7 +255,11 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
   }
 
   const bool wg = !routed_stream && moe::wgmma_available();
-  const int bm = routed_stream ? moe::kStreamRouteRows : wg ? moe::kWgmmaTileRows : moe::gemm_tile_rows(int(S), p.E);
+  const bool rs = wg && moe::prefill_rs_selected();
+  const int bm = routed_stream ? moe::kStreamRouteRows
+                 : rs          ? moe::kRsTokenRows
+                 : wg          ? moe::kWgmmaTileRows
+                               : moe::gemm_tile_rows(int(S), p.E);
   const int max_tiles = expert_route_max_tiles(int(S), p.E, bm);
 
   ExpertRouteParams rp;
@@ -288,12 +302,20 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
       g.K = a.K;
       return moe::launch_stream_routed(g, rv, mlp1, !mlp1 && pdl, stream);
     }
+    if (rs) return moe::launch_gemm_wgmma_rs(mlp1, a, max_tiles, stream);
     return wg ? moe::launch_gemm_wgmma(mlp1, a, max_tiles, stream) : moe::launch_gemm_mma(bm, mlp1, a, max_tiles, stream);
   };
 
-  // mlp1: rows 2I, K = H, B = x gathered by token.
+  // mlp1: rows 2I, K = H, B = x gathered by token. The register-operand GEMM reads x in prefill k
+  // order, permuted into the partials' space (T * H bf16 <= S * H f32; mlp2 writes it only later).
   a.act = static_cast<const bf16_t*>(p.x);
   a.ld_act = p.ldx;
+  if (rs) {
+    bf16_t* xp = reinterpret_cast<bf16_t*>(w.partial);
+    GPTOSS_RETURN_IF_ERROR(moe::launch_prefill_permute(a.act, p.ldx, xp, p.T, p.H, stream));
+    a.act = xp;
+    a.ld_act = p.H;
+  }
   a.gather_k = p.k;
   a.wb = p.w1_blocks;
   a.ws = p.w1_scales;

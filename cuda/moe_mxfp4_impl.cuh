@@ -198,6 +198,15 @@ Status launch_gemm_mma(int tile_rows, bool mlp1, const GemmArgs& a, int max_tile
 
 // Token-tile rows of the wgmma GEMM (two warpgroups of 64).
 constexpr int kWgmmaTileRows = 128;
+
+// The register-operand wgmma GEMM (moe_mxfp4_wgmma_rs.cu; GPT_OSS_C_MOE_PREFILL=rs, prefill_rs_selected()):
+// route tiles of kRsTokenRows sorted rows (the wgmma N), weights as the register A operand, tokens
+// (x through launch_prefill_permute, z as mlp1 writes it) in prefill k order.
+constexpr int kRsTokenRows = 256;
+bool prefill_rs_selected();
+Status launch_gemm_wgmma_rs(bool mlp1, const GemmArgs& a, int max_tiles, cudaStream_t stream);
+// dst[T][K] (dense, ld = K) = src[T][ld_src] with each 64-wide k chunk in prefill k order.
+Status launch_prefill_permute(const bf16_t* src, int ld_src, bf16_t* dst, int T, int K, cudaStream_t stream);
 // True when the wgmma kernels can run here: an sm_90 device, kernels built from sm_90a code (not
 // JIT-compiled compute_80 PTX), and no GPT_OSS_C_FORCE_PORTABLE=1.
 bool wgmma_available();

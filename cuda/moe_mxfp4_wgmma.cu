@@ -30,6 +30,7 @@
 #include "cuda_backend.cuh"
 #include "cuda_check.cuh"
 #include "moe_mxfp4_impl.cuh"
+#include "wgmma_sm90.cuh"
 
 namespace gptoss {
 namespace moe {
@@ -47,33 +48,7 @@ constexpr uint32_t kBBytes = kWgRows * 128;                       // one bf16 B 
 // Dynamic shared memory: [B0][B1][stage 0 .. kStages-1], from a 1024-aligned base.
 constexpr uint32_t kSmemBytes = 2 * kBBytes + kStages * kStageBytes + 1024;
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define GPTOSS_WGMMA 1
-#endif
-
 #ifdef GPTOSS_WGMMA
-// Shared memory matrix descriptor: K-major, 128-byte swizzle (layout type 1), stride between
-// 8-row core-matrix groups 1024 bytes, leading offset unused (1), base offset 0 (1024-aligned
-// tiles; the k16 steps add 32 bytes to the start address).
-__device__ __forceinline__ uint64_t desc_sw128(uint32_t addr) {
-  return (uint64_t(1) << 62) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 16) | uint64_t((addr & 0x3FFFFu) >> 4);
-}
-
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-// Generic-proxy writes to shared memory (st.shared, cp.async) -> visible to wgmma's async proxy.
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-// Pins the accumulators around the asynchronous MMA (the compiler must not move them between the
-// wgmma issue and its wait).
-__device__ __forceinline__ void fence_acc(float (&acc)[128]) {
-#pragma unroll
-  for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(acc[i])::"memory");
-}
-__device__ __forceinline__ void sts_128(uint32_t addr, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
-  asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
-}
-
 template <int N>
 __device__ __forceinline__ void wgmma_ss(float* d, uint64_t a_desc, uint64_t b_desc);
 

@@ -90,6 +90,20 @@ GPTOSS_HD void mxfp4_scale_muls_bf16x2(uint32_t packed, uint32_t m[4]) {
   m[3] = mxfp4_byte_perm(v, 0u, 0x3434u) >> 1;
 }
 
+// "Prefill k order" (moe_mxfp4_wgmma_rs.cu): the order in which a 64-wide k chunk of activations
+// must sit in shared memory so that wgmma, which reads its shared-memory operand in natural order,
+// pairs element 16s + t with mma k slot t of step s of the A registers above (slot t of step
+// s = 2h + q holds k = 32h + 8((t & 7) >> 1) + 4q + 2(t >> 3) + (t & 1)). Offset o -> position, and
+// back; both keep pairs together (o even <-> position even).
+GPTOSS_HD int mxfp4_prefill_pos(int o) {
+  const int h = o >> 5, c = (o >> 3) & 3, q = (o >> 2) & 1, hi = (o >> 1) & 1;
+  return 16 * (2 * h + q) + 2 * c + (o & 1) + 8 * hi;
+}
+GPTOSS_HD int mxfp4_prefill_offset(int p) {
+  const int s = p >> 4, t = p & 15;
+  return 32 * (s >> 1) + 8 * ((t & 7) >> 1) + 4 * (s & 1) + 2 * (t >> 3) + (t & 1);
+}
+
 // Byte offsets of tile `tile` (global over experts: e * R/16 + row tile), chunk j.
 GPTOSS_HD size_t mxfp4_block_offset(size_t tile, int chunks, int j) {
   return (tile * size_t(chunks) + size_t(j)) * kMxfp4ChunkBytes;

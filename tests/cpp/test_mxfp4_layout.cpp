@@ -202,6 +202,59 @@ static void test_natural_order_pieces(int G, uint32_t seed) {
     }
 }
 
+// The register-operand wgmma path (cuda/moe_mxfp4_wgmma_rs.cu): each warp's A registers (as in
+// test_replay) meet activations stored in prefill k order, read in the mma fragment's logical slot
+// order: register pair {a0a1} of lane (r, c) in step s covers slots 2c, 2c + 1 of row r, {a2a3}
+// the same slots of row r + 8, {a4a5} / {a6a7} slots 2c + 8, 2c + 9; slot t reads activation
+// position 16 s + t of the chunk. The dot products must equal the checkpoint's, and the two
+// permutation functions must be inverse bijections.
+static void test_prefill_order(int R, int G, uint32_t seed) {
+  for (int o = 0; o < 64; ++o) {
+    CHECK(mxfp4_prefill_offset(mxfp4_prefill_pos(o)) == o, "prefill order: offset(pos(%d)) != %d", o, o);
+    CHECK((mxfp4_prefill_pos(o) & 1) == (o & 1), "prefill order splits the pair of %d", o);
+    CHECK(o >= 32 || mxfp4_prefill_pos(o) < 32, "prefill order moves %d out of the first half", o);
+  }
+  std::mt19937 rng(seed);
+  const int K = 32 * G, chunks = mxfp4_chunks(G), tiles = R / 16;
+  std::vector<uint8_t> blocks(size_t(R) * G * 16), scales(size_t(R) * G);
+  for (auto& b : blocks) b = uint8_t(rng());
+  for (auto& s : scales) s = uint8_t(117 + rng() % 20);
+  std::vector<double> x(K), xp(size_t(chunks) * 64, 0.0);  // natural and prefill order (pad: 0)
+  for (auto& v : x) v = std::ldexp(double(int(rng() % 15) - 7), -int(rng() % 4));
+  for (int k = 0; k < K; ++k) xp[size_t(k & ~63) + mxfp4_prefill_pos(k & 63)] = x[k];
+  std::vector<double> ref(R, 0.0), got(R, 0.0);
+  for (int row = 0; row < R; ++row)
+    for (int k = 0; k < K; ++k) {
+      const uint8_t byte = blocks[(size_t(row) * G + k / 32) * 16 + (k % 32) / 2];
+      ref[row] += fp4_e2m1_value(k % 2 ? byte >> 4 : byte & 15u) * std::ldexp(1.0, scales[size_t(row) * G + k / 32] - 127) * x[k];
+    }
+  for (int t = 0; t < tiles; ++t)
+    for (int j = 0; j < chunks; ++j)
+      for (int lane = 0; lane < 32; ++lane) {
+        const int r = lane / 4, c = lane % 4;
+        uint32_t w[4];
+        mxfp4_pack_lane(&blocks[size_t(t * 16 + mxfp4_tile_row(r)) * G * 16], &blocks[size_t(t * 16 + mxfp4_tile_row(r + 8)) * G * 16],
+                        G, j, c, w);
+        const uint32_t sc = mxfp4_pack_scales(&scales[size_t(t * 16 + mxfp4_tile_row(r)) * G],
+                                              &scales[size_t(t * 16 + mxfp4_tile_row(r + 8)) * G], G, j);
+        for (int s = 0; s < 4; ++s) {  // all four steps: the pad half has zero codes and zero activations
+          const int h = s >> 1;
+          uint32_t A[4];
+          mxfp4_unpack_word(w[s], A);
+          const int rows[4] = {r, r + 8, r, r + 8};
+          const int slot0[4] = {2 * c, 2 * c, 2 * c + 8, 2 * c + 8};
+          for (int reg = 0; reg < 4; ++reg)
+            for (int half = 0; half < 2; ++half) {
+              const int row = t * 16 + mxfp4_tile_row(rows[reg]);
+              const double scale = std::ldexp(1.0, int((sc >> (16 * h + 8 * (rows[reg] >= 8))) & 255u) - 127);
+              got[row] += unpacked_value(A[reg], half) * scale * xp[size_t(j) * 64 + 16 * s + slot0[reg] + half];
+            }
+        }
+      }
+  for (int row = 0; row < R; ++row)
+    CHECK(got[row] == ref[row], "prefill order R=%d G=%d row %d: %.17g vs checkpoint %.17g", R, G, row, got[row], ref[row]);
+}
+
 int main() {
   test_bit_positions_partition();
   test_word_round_trip();
@@ -213,6 +266,9 @@ int main() {
   test_replay(64, 90, 14);  // gpt-oss K = 2880
   test_natural_order_pieces(1, 21);
   test_natural_order_pieces(90, 22);
+  test_prefill_order(16, 1, 31);   // one half chunk
+  test_prefill_order(32, 3, 32);   // one full + one half chunk
+  test_prefill_order(64, 90, 33);  // gpt-oss K = 2880
   if (failures) {
     std::printf("test_mxfp4_layout: %d failures\n", failures);
     return 1;

@@ -158,12 +158,14 @@ def moe_path(T, k, E):
     if S <= GEMV_MAX_SLOTS:
         shape = "decode" if -(-S // min(S, E)) <= 4 else "batch"
         return f"bf16_mxfp4w_moe_gemv {shape} (grouped GEMV, fused combine)"
+    rs = "_rs" if os.environ.get("GPT_OSS_C_MOE_PREFILL") == "rs" else ""
     if os.environ.get("GPT_OSS_C_FORCE_PORTABLE") != "1":
-        gemm = "bf16_mxfp4w_moe_wgmma on sm_90a, else bf16_mxfp4w_moe_gemm"
+        gemm = f"bf16_mxfp4w_moe_wgmma{rs} on sm_90a, else bf16_mxfp4w_moe_gemm"
     else:
         gemm = "bf16_mxfp4w_moe_gemm (forced portable)"
     avg = -(-S // E)
-    return f"expert route + {gemm} BM={128 if 'wgmma' in gemm else 32 if avg <= 24 else 64 if avg <= 64 else 128} + combine"
+    bm = (256 if rs else 128) if "wgmma" in gemm else 32 if avg <= 24 else 64 if avg <= 64 else 128
+    return f"expert route + {gemm} BM={bm} + combine"
 
 
 def moe_inputs(T, E, k, H, I, *, expert_idx=None, seed=0):
