@@ -125,7 +125,7 @@ for stage in "$@"; do
       # one metric (its duration): where a step's time goes, kernel by kernel.
       python3 -c "from gpt_oss_c.bench import scratch_checkpoint; scratch_checkpoint('20b', 'hf', None)" 2>&1 | tail -1
       for w in decode batch; do
-        GPT_OSS_C_NO_GRAPHS=1 timeout 200 ncu --csv --print-units base --metrics gpu__time_duration.sum --launch-skip 3000 --launch-count 700 \
+        GPT_OSS_C_NO_GRAPHS=1 timeout 200 ncu --csv --print-units base --clock-control none --cache-control none --metrics gpu__time_duration.sum --launch-skip 3000 --launch-count 700 \
           python3 bench/profile_ops.py /dev/shm/gpt_oss_c-bench-20b-hf $w > "$OUT/ncu_step_$w.csv" 2> "$OUT/ncu_step_$w.err"
         echo "== ncu_step $w rc=$?"
         python3 bench/ncu_step_summary.py "$OUT/ncu_step_$w.csv" | tee "$OUT/ncu_step_$w.txt" | head -n 24

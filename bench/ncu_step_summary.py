@@ -17,7 +17,8 @@ from collections import defaultdict
 
 
 def short(name: str) -> str:
-    for prefix in ("void ", "gptoss::", "moe::", "(anonymous namespace)::", "<unnamed>::"):
+    # ncu's CSV spells the anonymous namespace "unnamed>::" (its "<" is lost).
+    for prefix in ("void ", "gptoss::", "moe::", "(anonymous namespace)::", "<unnamed>::", "unnamed>::"):
         name = name.replace(prefix, "")
     return name.split("(")[0][:60]
 
