@@ -179,6 +179,7 @@ int main(int argc, char** argv) {
       {"router", 1, 32, 2880, DType::F32, false},      {"unembed", 1, 201088, 2880, DType::F32, false},
       {"qkv", 8, 5120, 2880, DType::BF16, false},      {"qkv", 16, 5120, 2880, DType::BF16, false},
       {"out+=", 8, 2880, 4096, DType::F32, true},      {"router", 8, 32, 2880, DType::F32, false},
+      {"qkv", 32, 5120, 2880, DType::BF16, false},     {"out+=", 32, 2880, 4096, DType::F32, true},
       {"qkv", 64, 5120, 2880, DType::BF16, false},     {"out+=", 64, 2880, 4096, DType::F32, true},
       {"router", 64, 32, 2880, DType::F32, false},     {"out+=", 128, 2880, 4096, DType::F32, true},
       {"unembed", 64, 201088, 2880, DType::F32, false}, {"qkv", 2048, 5120, 2880, DType::BF16, false},
@@ -303,6 +304,7 @@ int main(int argc, char** argv) {
       ap.sinks = sinks; ap.out = out; ap.ldo = NQ * 64; ap.n_q = NQ; ap.n_kv = NKV; ap.window = c.window;
       AttentionWorkspace aws;
       aws.num_sms = prop.multiProcessorCount;
+      aws.pdl = dws.pdl;  // as CudaBackend: sm_90+
       aws.bytes = attention_workspace_bytes(S, NQ, NKV, aws.num_sms);
       CHECK_CUDA(cudaMalloc(&aws.ptr, aws.bytes));
       CHECK_CUDA(cudaMemset(aws.ptr, 0, aws.bytes));

@@ -38,6 +38,7 @@
 #include "attention.cuh"
 #include "cuda_check.cuh"
 #include "device_common.cuh"
+#include "pdl.cuh"
 
 namespace gptoss {
 namespace {
@@ -180,12 +181,16 @@ __device__ __forceinline__ bool sequence_ok(const AttnArgs& a, int s, bool repor
 
 // Copies key rows [j0, j0 + rows) (K and V) into swizzled shared tiles; rows at or beyond `je`
 // become zeros. `tid`/`nthreads` split the rows*8 chunks among the cooperating threads.
-template <int kRows>
+// kPart (decode's programmatic dependent launch): 0 = every row; 1 = only the rows that no kernel
+// of this step writes (cached positions j < kv.start, and the zero rows), issued before pdl_wait;
+// 2 = the rest (this step's rows, which the preceding q/k/v kernel writes), issued after it.
+template <int kRows, int kPart = 0>
 __device__ __forceinline__ void load_kv_tile(uint4* ks, uint4* vs, const KVRows& kv, int j0, int je, int tid,
                                              int nthreads) {
   for (int i = tid; i < kRows * kChunks; i += nthreads) {
     const int r = i / kChunks, c = i % kChunks, j = j0 + r;
     const bool ok = j < je;
+    if (kPart != 0 && (kPart == 1) != (!ok || j < kv.start)) continue;
     cp_async16(ks + swz(r, c), ok ? kv.k(j) + c * 8 : kv.sk, ok);
     cp_async16(vs + swz(r, c), ok ? kv.v(j) + c * 8 : kv.sv, ok);
   }
@@ -353,6 +358,20 @@ __global__ void __launch_bounds__(kDecodeWarps * kWarpSize) bf16_sdpa_sink_d64_d
   const int ke = min(kb + chunk, pos + 1);  // this split: keys [kb, ke), possibly empty
   const int ntiles = ke > kb ? ceil_div(ke - kb, kDecodeKeys) : 0;
 
+  // The first tile's cached rows do not depend on the preceding kernel (it appends only this step's
+  // positions, j >= kv.start, whose ring slots no visible cached key shares: sequence_ok): copy them
+  // while that kernel finishes, then wait for it and copy this step's rows and q. The batch
+  // descriptors read above come from before the preceding kernel.
+  if (warp < ntiles)
+    load_kv_tile<kDecodeKeys, 1>(smem[warp][0][0], smem[warp][0][1], kv, kb + warp * kDecodeKeys, ke, lane, kWarpSize);
+  pdl_wait();
+  // Let the next kernel (the attention output projection) launch and stream its weights into L2
+  // now: its own pdl_wait still waits for all of this grid.
+  pdl_launch_dependents();
+  if (warp < ntiles)
+    load_kv_tile<kDecodeKeys, 2>(smem[warp][0][0], smem[warp][0][1], kv, kb + warp * kDecodeKeys, ke, lane, kWarpSize);
+  cp_async_commit();
+
   const bf16_t* q = static_cast<const bf16_t*>(p.q) + size_t(t) * p.ldq + size_t(kvh) * G * kHeadDim;
   const int r0 = lane >> 2, r1 = r0 + 8;
   uint32_t qa[4][4];
@@ -361,9 +380,6 @@ __global__ void __launch_bounds__(kDecodeWarps * kWarpSize) bf16_sdpa_sink_d64_d
   RowState st;
   st.init();
   const int klo[2] = {kb, kb}, khi[2] = {ke - 1, ke - 1};
-  if (warp < ntiles)
-    load_kv_tile<kDecodeKeys>(smem[warp][0][0], smem[warp][0][1], kv, kb + warp * kDecodeKeys, ke, lane, kWarpSize);
-  cp_async_commit();
   int stage = 0;
   for (int tile = warp; tile < ntiles; tile += kDecodeWarps) {
     const int next = tile + kDecodeWarps;
@@ -672,9 +688,8 @@ Status launch_attention(const AttentionParams& p, const AttentionWorkspace& ws, 
       a.part_o = reinterpret_cast<float*>(base + counters_bytes(ws.num_sms));
       a.part_ml = reinterpret_cast<float2*>(base + counters_bytes(ws.num_sms) + o_bytes);
     }
-    bf16_sdpa_sink_d64_decode<<<dim3(a.splits, p.n_kv, b.T), kDecodeWarps * kWarpSize, 0, stream>>>(a);
-    GPTOSS_CUDA_LAUNCH_CHECK("bf16_sdpa_sink_d64_decode");
-    return Status::Ok();
+    return launch_pdl(bf16_sdpa_sink_d64_decode, dim3(a.splits, p.n_kv, b.T), dim3(kDecodeWarps * kWarpSize), 0,
+                      ws.pdl, stream, "bf16_sdpa_sink_d64_decode", a);
   }
   const int tiles = ceil_div(b.T * a.G, kBM) + b.S;  // >= the sum over sequences of their row tiles
   bf16_sdpa_sink_d64_prefill<<<dim3(tiles, p.n_kv), kPrefillWarps * kWarpSize, 0, stream>>>(a);

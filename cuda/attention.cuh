@@ -17,6 +17,7 @@ struct AttentionWorkspace {
   size_t bytes = 0;
   int num_sms = 0;                      // of the device: sizes the split-K grid
   DeviceErrorRecord* errors = nullptr;  // bad slots / a cache too short for a sequence land here
+  bool pdl = false;                     // decode: programmatic dependent launch (the backend's pdl_ decision)
 };
 
 // Bytes of scratch launch_attention needs for any step of at most `max_tokens` tokens (reserve),

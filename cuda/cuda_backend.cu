@@ -418,7 +418,7 @@ Status CudaBackend::attention(const AttentionParams& p) {
   return run_op("attention", dims({{"T", tok(p.batch.T)}, {"window", p.window}}), [&] {
     Status s = ensure_scratch(&attn_scratch_, attention_step_workspace_bytes(p, num_sms_), "attention split-K scratch");
     if (!s.ok()) return s;
-    return launch_attention(p, AttentionWorkspace{attn_scratch_.ptr, attn_scratch_.bytes, num_sms_, device_errors_},
+    return launch_attention(p, AttentionWorkspace{attn_scratch_.ptr, attn_scratch_.bytes, num_sms_, device_errors_, pdl_},
                             stream_);
   });
 }

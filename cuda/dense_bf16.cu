@@ -205,6 +205,7 @@ __global__ void __launch_bounds__(256) bf16_dense_generic(DenseArgs a) {
 }
 
 constexpr int kGemvWarps = 8;
+constexpr int kGemmPrefetch = 4;  // chunks per GEMM block prefetched to L2 before pdl_wait
 constexpr int kGemvPrefetch = 8;  // chunks per warp prefetched to L2 ahead of the loads (2 KB each)
 
 // One 32-wide half chunk at k of the GEMV: 16 bytes of weight rows ra and rb and of each of the NT
@@ -503,6 +504,15 @@ __global__ void __launch_bounds__(WM * WN * 32) bf16_dense_gemm_mma(DenseArgs a)
   const int chunks = (a.K + 63) / 64;
   const int c0 = SPLIT ? int(blockIdx.z) * chunks / a.Z : 0;
   const int nchunks = SPLIT ? int(blockIdx.z + 1) * chunks / a.Z - c0 : chunks;
+
+  // Weights never depend on an earlier kernel: pull this block's first kGemmPrefetch chunks of
+  // weight rows (one 128-byte line per row and chunk) into L2 while the predecessor finishes
+  // (programmatic dependent launch), then wait for it before touching x or y.
+  for (int i = tid; i < BN * kGemmPrefetch; i += kThreads) {
+    const int row = i % BN, jj = i / BN, n = n0 + row;
+    if (jj < nchunks && n < a.N && (c0 + jj) * 64 < a.K) prefetch_l2(a.w + size_t(n) * a.K + (c0 + jj) * 64);
+  }
+  pdl_wait();
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
     if (s < nchunks) load_stage(s, c0 + s);
@@ -545,6 +555,7 @@ __global__ void __launch_bounds__(WM * WN * 32) bf16_dense_gemm_mma(DenseArgs a)
     }
   }
   tc::cp_async_wait<0>();
+  pdl_launch_dependents();  // the weights are read: the next kernel may start its own prefetch
 
   if (SPLIT && a.Z > 1) {  // meet the other splits of this tile; the last to arrive sums all Z in z order
     constexpr int kPart = BM * BN;  // floats per partial tile: element e of thread tid at e * kThreads + tid
@@ -692,10 +703,31 @@ Status launch_gemm(DenseArgs a, const DenseWorkspace& ws, cudaStream_t stream) {
   if (SPLIT && ws.num_sms > 0 && tiles < 2 * ws.num_sms)  // ~2 blocks per SM, >= 4 chunks per split
     Z = std::min({(2 * ws.num_sms + tiles - 1) / tiles, std::max(1, chunks / 4), 16});
   fit_split(&a, ws, tiles, Z, size_t(BM) * BN);
-  const dim3 grid(mt, nt, a.Z);
-  kernel<<<grid, WM * WN * 32, kSmem, stream>>>(a);
-  GPTOSS_CUDA_LAUNCH_CHECK("bf16_dense_gemm_mma");
-  return Status::Ok();
+  return launch_pdl(kernel, dim3(mt, nt, a.Z), dim3(WM * WN * 32), kSmem, ws.pdl, stream, "bf16_dense_gemm_mma", a);
+}
+
+// Tile shape of the split-K GEMM for 16 < T <= kGemmSplitMaxT (batched decode): 64 tokens x 64
+// weight rows (4 warps) by default; GPT_OSS_C_DENSE_MID=64x128 / 64x128s3 / 32x128 select the
+// candidates of the A/B (bench/device_run.sh densemid).
+int mid_shape() {
+  static const int v = [] {
+    const char* e = std::getenv("GPT_OSS_C_DENSE_MID");
+    if (!e) return 0;
+    if (std::strcmp(e, "64x128") == 0) return 1;
+    if (std::strcmp(e, "64x128s3") == 0) return 2;
+    if (std::strcmp(e, "32x128") == 0) return 3;
+    return 0;
+  }();
+  return v;
+}
+
+Status launch_gemm_mid(const DenseArgs& a, const DenseWorkspace& ws, cudaStream_t stream) {
+  switch (mid_shape()) {
+    case 1: return launch_gemm<64, 128, 2, 4, 4, true>(a, ws, stream);
+    case 2: return launch_gemm<64, 128, 2, 4, 3, true>(a, ws, stream);
+    case 3: return launch_gemm<32, 128, 1, 4, 4, true>(a, ws, stream);
+    default: return launch_gemm<64, 64, 2, 2, 4, true>(a, ws, stream);
+  }
 }
 
 DenseArgs dense_args(const DenseParams& p) {
@@ -783,7 +815,7 @@ Status launch_dense_bf16(const DenseParams& p, const DenseWorkspace& ws, cudaStr
   }
   if (p.T <= 8) return gemv<1, false>(a, ws, 0, stream);
   if (p.T <= 16) return gemv<2, false>(a, ws, 0, stream);
-  if (p.T <= kGemmSplitMaxT) return launch_gemm<64, 64, 2, 2, 4, true>(a, ws, stream);
+  if (p.T <= kGemmSplitMaxT) return launch_gemm_mid(a, ws, stream);
   return launch_gemm<128, 128, 2, 4, 3, false>(a, ws, stream);
 }
 
