@@ -56,10 +56,11 @@ void verdict(const std::string& what, double worst_ratio, const std::string& det
 
 // Split-K (GEMV: N <~ 3000 rows at T <= 16, GEMM: fewer tiles than 2 per SM at T <= 128) is chosen
 // from the SM count; the name gives the regime.
-std::string dense_path(int T, int K, int ldx) {
+std::string dense_path(int T, int N, int K, int ldx) {
   if (K % 32 || ldx % 8) return "generic";
   if (T <= 16) return T <= 8 ? "gemv NT=1" : "gemv NT=2";
-  return T <= 128 ? "gemm 64x64 split-K" : "gemm 128x128";
+  if (T > 128) return "gemm 128x128";
+  return N >= 256 ? "gemm 64x128 split-K" : "gemm 64x64 split-K";
 }
 
 // ldx = K + xpad, ldy = N + ypad (strided rows; the pads hold garbage that must not be read or
@@ -129,7 +130,7 @@ void check_dense(cudaStream_t st, int T, int N, int K, DType yt, bool acc, bool 
   char detail[200];
   std::snprintf(detail, sizeof detail, "(worst t=%zu n=%zu: got %.6g want %.6g)%s", worst_i / N, worst_i % N,
                 double(out[worst_i]), worst_ref, pads_ok ? "" : " WROTE INTO THE ROW PADDING");
-  verdict("dense " + dense_path(T, K, ldx) + " T=" + std::to_string(T) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+  verdict("dense " + dense_path(T, N, K, ldx) + " T=" + std::to_string(T) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
               (yt == DType::F32 ? " f32" : " bf16") + (acc ? " +=" : "") + (bias ? " bias" : "") +
               (xpad || ypad ? " ldx=" + std::to_string(ldx) + " ldy=" + std::to_string(ldy) : ""),
           pads_ok ? worst : 1e30, detail, s);

@@ -120,17 +120,6 @@ for stage in "$@"; do
         -k "moe and not portable" > "$OUT/sbatch_tests.log" 2>&1; echo "== stream batch moe tests: $(tail -n 1 "$OUT/sbatch_tests.log")"
       GPT_OSS_C_MOE_BATCH=stream timeout 200 python3 -m gpt_oss_c.bench --size 20b --quick --out "$OUT/bench20b_sbatch.json" \
         > "$OUT/bench20b_sbatch.log" 2>&1; grep -E "decode_bs1|batch(8|32|64)" "$OUT/bench20b_sbatch.log" ;;
-    densemid)
-      # Tile shapes of the split-K dense GEMM for 16 < T <= 128 (GPT_OSS_C_DENSE_MID): check each,
-      # then time the dense and fused cases and the decode attention with each.
-      mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
-      for m in 64x64 64x128 64x128s3 32x128; do
-        GPT_OSS_C_DENSE_MID=$m timeout 120 build/bench/cuda_kernels check dense > "$OUT/dmid_check_$m.log" 2>&1
-        echo "== dense mid $m check rc=$?: $(tail -n 1 "$OUT/dmid_check_$m.log")"; grep -E "FAIL|HANG" "$OUT/dmid_check_$m.log" | head -5
-        GPT_OSS_C_DENSE_MID=$m timeout 60 build/bench/cuda_kernels 20 dense > "$OUT/dmid_bench_$m.log" 2>&1
-        grep -E "T=(32|64|128) " "$OUT/dmid_bench_$m.log" | cut -c1-100
-      done
-      timeout 60 build/bench/cuda_kernels 20 attention > "$OUT/attn_bench.log" 2>&1; cut -c1-100 "$OUT/attn_bench.log" | grep attention ;;
     ncu_step)
       # Every kernel of a few graph-free decode steps (batch 1, then batch 64) under Nsight Compute,
       # one metric (its duration): where a step's time goes, kernel by kernel.
