@@ -8,7 +8,7 @@ PY=${PY312:-/root/.pyenv/versions/3.12.1/bin/python}
 mkdir -p .whl/ctest .whl/bench build/bench
 rm -f .whl/gpt_oss_c-*.whl
 "$PY" -m pip wheel . --no-build-isolation --no-deps -w .whl/ -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90a-real \
-  -C cmake.define.GPT_OSS_C_MOE_GEMV_DECODE= -C build-dir=build/dev312 > build/bench/wheel.log 2>&1 ||
+  -C build-dir=build/dev312 > build/bench/wheel.log 2>&1 ||
   { tail -n 30 build/bench/wheel.log; exit 1; }
 cp build/dev312/test_cuda_backend build/dev312/test_mxfp4_layout .whl/ctest/
 python3 bench/cuda_kernels.py --build-only

@@ -141,13 +141,9 @@ double fp4(uint8_t code) { return fp4_e2m1_value(code); }
 // Mirrors launch_moe_mxfp4's choice (moe_mxfp4.cu).
 std::string moe_path(int T, int k, int E) {
   const int S = T * k;
-  if (S <= moe::kStreamMaxSlots && moe::stream_selected()) return "stream";
-  if (S <= 512 && moe::batch_stream_selected()) return "stream routed";
-  if (S <= 512) {
-    const int active = std::min(S, E);
-    return (S + active - 1) / active <= 4 ? "gemv decode" : "gemv batch";
-  }
-  if (moe::wgmma_available()) return moe::prefill_rs_selected() ? "wgmma rs" : "wgmma";
+  if (S <= moe::kStreamMaxSlots) return "stream";
+  if (S <= moe::kStreamBatchMaxSlots) return "stream batch";
+  if (moe::wgmma_available()) return "wgmma rs";
   const int avg = (S + E - 1) / E;
   return "gemm BM=" + std::to_string(avg <= 24 ? 32 : avg <= 64 ? 64 : 128);
 }
@@ -212,9 +208,8 @@ void check_moe(cudaStream_t st, int T, int E, int k, int H, int I) {
   p.y = dy.p; p.ldy = H; p.T = T; p.E = E; p.k = k; p.H = H; p.I = I;
   p.scales_below_128 = mxfp4_scales_below_128(w1s.data(), w1s.size()) && mxfp4_scales_below_128(w2s.data(), w2s.size());
   s = launch_moe_mxfp4(p, ws.p, ws_bytes, g_dense_ws.pdl && !cuda_force_portable(), st);
-  // A watchdog instead of a blocking synchronise: a kernel that spins forever (the gemv's mlp2
-  // waits on mlp1's ready flags) is reported by name and the process exits, instead of eating the
-  // caller's time limit.
+  // A watchdog instead of a blocking synchronise: a kernel that spins forever is reported by name
+  // and the process exits, instead of eating the caller's time limit.
   const auto t_launch = std::chrono::steady_clock::now();
   while (cudaStreamQuery(st) == cudaErrorNotReady) {
     if (std::chrono::steady_clock::now() - t_launch > std::chrono::seconds(20)) {
@@ -331,8 +326,9 @@ int run_checks(cudaStream_t st, const std::string& only) {
     }
   }
 
-  // gemv decode / batch (T * k <= 512: one expert's tokens in 1 or several passes, odd K tails),
-  // the mma.sync GEMM's three token tiles, gpt-oss-20b and 120b-like expert counts.
+  // stream (T * k <= 32: one expert's slots in 1 or several passes, odd K tails), stream batch
+  // (T * k <= 512: one or many route tiles per expert), the prefill GEMMs (the mma.sync GEMM's three
+  // token tiles), gpt-oss-20b and 120b-like expert counts.
   const struct { int T, E, k, H, I; } mshapes[] = {
       {1, 32, 4, 2880, 2880}, {8, 32, 4, 2880, 2880}, {64, 32, 4, 2880, 2880}, {1, 128, 4, 2880, 2880},
       {1, 32, 4, 96, 160},    {3, 32, 4, 160, 96},    {17, 8, 4, 96, 160},     {100, 8, 4, 160, 96},

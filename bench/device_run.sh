@@ -73,53 +73,6 @@ for stage in "$@"; do
         tests/python/test_cuda_moe_dense.py tests/python/test_fused_ops.py \
         -k "cuda and moe and not 20b and not 120b and not 2048 and not 2880 and not 600 and not portable" > "$OUT/sanitize_racecheck.log" 2>&1
       echo "== racecheck rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed|failed' "$OUT/sanitize_racecheck.log" | tail -n 2 | tr '\n' ' ')" ;;
-    tune)
-      # Decode MoE GEMV shapes (.whl/var: list.txt, kernel-bench binaries cuda_kernels_vN, wheels vN/):
-      # check + time each, then install the fastest correct variant's wheel for the stages after this one.
-      timeout 180 python3 bench/tune_moe_decode.py .whl/var --out "$OUT/tune_moe_decode.json" > "$OUT/tune.log" 2>&1
-      cat "$OUT/tune.log"
-      best=$(sed -n 's/^best: \(v[0-9]*\).*/\1/p' "$OUT/tune.log")
-      if [ -n "$best" ]; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/var/$best/*.whl && echo "== installed $best"
-      fi ;;
-    stream)
-      # The streaming decode MoE (the default for T * k <= 32) against the grouped GEMV's decode shape
-      # (GPT_OSS_C_MOE_DECODE=gemv): kernel check for each K split, timings of all, ncu, the MoE tests,
-      # e2e and the bench.
-      mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
-      for ks in 2 1 4 8; do
-        GPT_OSS_C_MOE_STREAM_KS=$ks GPT_OSS_C_MOE_DECODE=stream timeout 120 build/bench/cuda_kernels check moe > "$OUT/stream_check_ks$ks.log" 2>&1
-        echo "== stream KS=$ks check rc=$?: $(tail -n 1 "$OUT/stream_check_ks$ks.log")"; grep -E "FAIL|HANG" "$OUT/stream_check_ks$ks.log" | head -5
-      done
-      for m in gemv stream_ks1 stream_ks2 stream_ks4 stream_ks8 stream_ks2,4 stream_ks4,8; do
-        GPT_OSS_C_MOE_STREAM_KS=${m#stream_ks} GPT_OSS_C_MOE_DECODE=${m%_ks*} timeout 60 build/bench/cuda_kernels 20 moe > "$OUT/stream_bench_$m.log" 2>&1
-        echo "== $m: $(grep -o '"shape": "T=[0-9]* E=[0-9]*[^"]*", "us": [0-9.]*' "$OUT/stream_bench_$m.log" | head -4 | sed 's/"shape": //; s/ k=4 H=I=2880//' | tr '\n' ' ')"
-      done
-      timeout 100 ncu --clock-control none -k regex:moe_stream --launch-count 2 --section SpeedOfLight --section Occupancy \
-        --section SchedulerStats --metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,smsp__inst_executed.sum \
-        build/bench/cuda_kernels 2 moe > "$OUT/ncu_stream.log" 2>&1
-      grep -E "moe_stream|Duration|DRAM Throughput|Registers Per|Achieved Occupancy|Issued Warp|inst_executed" "$OUT/ncu_stream.log"
-      timeout 200 python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda_moe_dense.py -k "moe and not portable" \
-        > "$OUT/stream_tests.log" 2>&1; echo "== stream moe tests: $(tail -n 1 "$OUT/stream_tests.log")"
-      timeout 120 python3 -m pytest -q -p no:cacheprovider tests/python/test_engine.py tests/python/test_oracle.py \
-        tests/python/test_cuda_engine_replay.py -k cuda > "$OUT/stream_e2e.log" 2>&1; echo "== stream e2e: $(tail -n 1 "$OUT/stream_e2e.log")"
-      timeout 200 python3 -m gpt_oss_c.bench --size 20b --quick --out "$OUT/bench20b_stream.json" > "$OUT/bench20b_stream.log" 2>&1
-      grep -E "decode_bs1|batch8|prefill_512" "$OUT/bench20b_stream.log"
-      ;;
-    streambatch)
-      # Batched decode (32 < T * k <= 512) on the streaming kernels over route tiles
-      # (GPT_OSS_C_MOE_BATCH=stream) against the grouped GEMV: check, timings, MoE tests, bench.
-      mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
-      GPT_OSS_C_MOE_BATCH=stream timeout 120 build/bench/cuda_kernels check moe > "$OUT/sbatch_check.log" 2>&1
-      echo "== stream batch check rc=$?: $(tail -n 1 "$OUT/sbatch_check.log")"; grep -E "FAIL|HANG" "$OUT/sbatch_check.log" | head -5
-      for m in gemv stream; do
-        GPT_OSS_C_MOE_BATCH=$m timeout 60 build/bench/cuda_kernels 20 moe > "$OUT/sbatch_bench_$m.log" 2>&1
-        echo "== batch $m: $(grep -o '"shape": "T=[0-9]* E=[0-9]*[^"]*", "us": [0-9.]*' "$OUT/sbatch_bench_$m.log" | sed -n '4,7p;11p' | sed 's/"shape": //; s/ k=4 H=I=2880//' | tr '\n' ' ')"
-      done
-      GPT_OSS_C_MOE_BATCH=stream timeout 200 python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda_moe_dense.py \
-        -k "moe and not portable" > "$OUT/sbatch_tests.log" 2>&1; echo "== stream batch moe tests: $(tail -n 1 "$OUT/sbatch_tests.log")"
-      GPT_OSS_C_MOE_BATCH=stream timeout 200 python3 -m gpt_oss_c.bench --size 20b --quick --out "$OUT/bench20b_sbatch.json" \
-        > "$OUT/bench20b_sbatch.log" 2>&1; grep -E "decode_bs1|batch(8|32|64)" "$OUT/bench20b_sbatch.log" ;;
     ncu_step)
       # Every kernel of a few graph-free decode steps (batch 1, then batch 64) under Nsight Compute,
       # one metric (its duration): where a step's time goes, kernel by kernel.
@@ -132,40 +85,15 @@ for stage in "$@"; do
         gzip -f "$OUT/ncu_step_$w.csv"
       done ;;
     ncu_prefill)
-      # The prefill MoE (T = 2048, 20b shapes: wgmma) under Nsight Compute: is it tensor-, L2- or
-      # issue-bound? (session 3: 1527 us per layer, 35% of the bf16 rate.)
+      # The prefill MoE (T = 2048, 20b shapes: the register-operand wgmma GEMM) under Nsight Compute:
+      # is it tensor-, L2- or issue-bound? (kernel bench: 1155 us per layer on the H200.)
       mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
-      timeout 150 ncu --clock-control none -k regex:moe_wgmma --launch-count 2 --section SpeedOfLight \
+      timeout 150 ncu --clock-control none -k regex:moe_wgmma_rs --launch-count 2 --section SpeedOfLight \
         --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy --section SchedulerStats \
         --section WarpStateStats --metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio \
         build/bench/cuda_kernels 1 moe:2048 > "$OUT/ncu_prefill.log" 2>&1
       echo "== ncu prefill rc=$?"; grep -E "moe_wgmma|Duration|DRAM Throughput|L2 Cache Throughput|L1/TEX Cache|Compute \(SM\)|Issued Warp|Tensor|Achieved Occupancy" "$OUT/ncu_prefill.log" | head -30
       grep stalled "$OUT/ncu_prefill.log" | awk '$NF+0 > 0.3' | head -20 ;;
-    prefillrs)
-      # The register-operand wgmma prefill MoE (GPT_OSS_C_MOE_PREFILL=rs) against moe_mxfp4_wgmma.cu:
-      # check, timings of the prefill-sized cases, MoE tests, ncu, the bench's prefill.
-      mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
-      GPT_OSS_C_MOE_PREFILL=rs timeout 120 build/bench/cuda_kernels check moe > "$OUT/rs_check.log" 2>&1
-      echo "== rs check rc=$?: $(tail -n 1 "$OUT/rs_check.log")"; grep -E "FAIL|HANG" "$OUT/rs_check.log" | head -5
-      for m in ss rs; do
-        GPT_OSS_C_MOE_PREFILL=$m timeout 60 build/bench/cuda_kernels 10 moe > "$OUT/rs_bench_$m.log" 2>&1
-        echo "== prefill $m: $(grep -o '"shape": "T=[0-9]* E=[0-9]*[^"]*", "us": [0-9.]*' "$OUT/rs_bench_$m.log" | grep -E 'T=(512|2048) ' | sed 's/"shape": //; s/ k=4 H=I=2880//' | tr '\n' ' ')"
-      done
-      GPT_OSS_C_MOE_PREFILL=rs timeout 200 python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda_moe_dense.py \
-        -k "moe and not portable" > "$OUT/rs_tests.log" 2>&1; echo "== rs moe tests: $(tail -n 1 "$OUT/rs_tests.log")"
-      GPT_OSS_C_MOE_PREFILL=rs timeout 100 ncu --clock-control none -k regex:moe_wgmma_rs --launch-count 2 --section SpeedOfLight \
-        --section MemoryWorkloadAnalysis --section SchedulerStats build/bench/cuda_kernels 1 moe:2048 > "$OUT/ncu_rs.log" 2>&1
-      grep -E "moe_wgmma|Duration|L2 Cache Throughput|L1/TEX Cache|Compute \(SM\)|Issued Warp" "$OUT/ncu_rs.log" | head -16
-      GPT_OSS_C_MOE_PREFILL=rs timeout 200 python3 -m gpt_oss_c.bench --size 20b --quick --out "$OUT/bench20b_rs.json" \
-        > "$OUT/bench20b_rs.log" 2>&1; grep -E "prefill|decode_bs1" "$OUT/bench20b_rs.log" ;;
-    ncu_moe)
-      # The decode MoE (T = 1, 20b shapes) under Nsight Compute: the first mlp1 / mlp2 gemv launches of
-      # the kernel micro-benchmark.
-      mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
-      timeout 100 ncu --clock-control none -k regex:moe_gemv --launch-count 2 --section SpeedOfLight \
-        --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats --section SchedulerStats \
-        --section LaunchStats build/bench/cuda_kernels 2 > "$OUT/ncu_moe.log" 2>&1
-      echo "== ncu rc=$?"; grep -E "Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers|Stall|One or More|No Eligible" "$OUT/ncu_moe.log" | head -30 ;;
   esac
 done
 # At most 8 files come back from a call: pack the logs into one archive.

@@ -134,8 +134,8 @@ class CudaBackend final : public Backend {
   DenseWorkspace dense_ws() const;
 
   Scratch attn_scratch_, sample_scratch_, moe_scratch_, dense_scratch_;
-  // Programmatic dependent launch of the GEMV kernels: sm_90+, unless $GPT_OSS_C_NO_PDL=1 or
-  // $GPT_OSS_C_FORCE_PORTABLE=1.
+  // Programmatic dependent launch of the decode kernels (dense GEMV, MoE mlp2): sm_90+, unless
+  // $GPT_OSS_C_NO_PDL=1 or $GPT_OSS_C_FORCE_PORTABLE=1.
   bool pdl_ = false;
   DeviceErrorRecord* device_errors_ = nullptr;  // device memory, zero = no error
 

@@ -7,62 +7,30 @@
 //   y[t] += sum_j w (W2[e] z + b2[e])   (the k terms summed in slot order, then added to y)
 // Paths:
 //  * T * k <= kStreamMaxSlots (decode up to 8 tokens): moe_mxfp4_stream.cu, KS warps per (expert,
-//    16-row tile) streaming its K through cp.async rings, two launches (mlp2 with PDL).
-//  * T * k <= kGemvMaxSlots (batched decode): moe_mxfp4_gemv.cu, two launches, no routing
-//    pass; mlp2 fuses the combine and, through programmatic dependent launch (sm_90) and per-row-
-//    group ready flags, runs concurrently with mlp1's tail.
-//  * larger steps (prefill): expert_route.cu sorts the slots by expert and cuts tiles; mlp1 and
-//    mlp2 run as grouped GEMMs over the tiles (moe_mxfp4_wgmma.cu on sm_90a, moe_mxfp4_gemm.cu
-//    elsewhere or with GPT_OSS_C_FORCE_PORTABLE=1); expert_combine adds the k partials per token.
+//    16-row tile) streaming its K through cp.async rings, two launches (mlp2 with PDL), no routing
+//    pass; mlp2 fuses the combine (the last warp group of each output tile adds the partials onto y).
+//  * T * k <= kStreamBatchMaxSlots (batched decode): expert_route.cu sorts the slots by expert and
+//    cuts 16-row tiles; moe_mxfp4_stream_batch.cu streams each block's weight tiles once per route
+//    tile (mlp2 with PDL); expert_combine adds the k partials per token.
+//  * larger steps (prefill): expert_route.cu sorts and cuts tiles; mlp1 and mlp2 run as grouped
+//    GEMMs over the tiles (moe_mxfp4_wgmma_rs.cu on sm_90a, moe_mxfp4_gemm.cu elsewhere or with
+//    GPT_OSS_C_FORCE_PORTABLE=1); expert_combine adds the k partials per token.
 // Every path is deterministic (fixed summation order, no float atomics) and allocation- and
 // sync-free (capture-safe).
 #include "moe_mxfp4.cuh"
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
 #include <mutex>
 #include <string>
 #include <unordered_map>
 
-#include "cuda_backend.cuh"
 #include "cuda_check.cuh"
 #include "expert_route.cuh"
 #include "moe_mxfp4_impl.cuh"
 
 namespace gptoss {
 namespace moe {
-
-// The streaming decode MoE serves T * k <= kStreamMaxSlots unless GPT_OSS_C_MOE_DECODE=gemv (the
-// grouped GEMV's decode shape, kept for A/B runs: bench/device_run.sh stream).
-bool stream_selected() {
-  static const bool on = [] {
-    const char* v = std::getenv("GPT_OSS_C_MOE_DECODE");
-    return !(v && std::strcmp(v, "gemv") == 0);
-  }();
-  return on;
-}
-
-// Batched decode (kStreamMaxSlots < T * k <= kGemvMaxSlots) on the streaming kernels over
-// expert_route tiles instead of the grouped GEMV: GPT_OSS_C_MOE_BATCH=stream (A/B candidate).
-bool batch_stream_selected() {
-  static const bool on = [] {
-    const char* v = std::getenv("GPT_OSS_C_MOE_BATCH");
-    return v && std::strcmp(v, "stream") == 0;
-  }();
-  return on;
-}
-
-// Prefill on the register-operand wgmma GEMM (moe_mxfp4_wgmma_rs.cu) instead of moe_mxfp4_wgmma.cu:
-// GPT_OSS_C_MOE_PREFILL=rs (A/B candidate).
-bool prefill_rs_selected() {
-  static const bool on = [] {
-    const char* v = std::getenv("GPT_OSS_C_MOE_PREFILL");
-    return v && std::strcmp(v, "rs") == 0;
-  }();
-  return on;
-}
 
 Status ensure_smem(const void* kernel, size_t bytes, const char* name) {
   int dev = 0;
@@ -111,7 +79,6 @@ struct MoeWorkspace {
   int32_t* tile_row0;
   int32_t* n_tiles;
   int32_t* counters;
-  int32_t* ready;
   bf16_t* z;
   float* partial;
 };
@@ -128,9 +95,7 @@ size_t workspace_layout(size_t S, size_t E, size_t H, size_t I, char* base, MoeW
   char* p_te = take(S * 4);
   char* p_tr = take(S * 4);
   char* p_nt = take(4);
-  char* p_cnt = take((H / kMxfp4TileRows + 1) * 4);  // >= gemv_row_groups(H, any shape)
-  // Ready flags of the gemv path: [active expert rank < min(E, S)][mlp1 row group < 2I / 16 + 1].
-  char* p_ready = take(std::min(E, S) * (2 * I / kMxfp4TileRows + 1) * 4);
+  char* p_cnt = take(H / kMxfp4TileRows * 4);  // the decode stream's arrival counter per mlp2 output tile
   char* p_z = take(S * I * 2);
   char* p_partial = take(S * H * 4);
   if (w) {
@@ -140,7 +105,6 @@ size_t workspace_layout(size_t S, size_t E, size_t H, size_t I, char* base, MoeW
     w->tile_row0 = reinterpret_cast<int32_t*>(p_tr);
     w->n_tiles = reinterpret_cast<int32_t*>(p_nt);
     w->counters = reinterpret_cast<int32_t*>(p_cnt);
-    w->ready = reinterpret_cast<int32_t*>(p_ready);
     w->z = reinterpret_cast<bf16_t*>(p_z);
     w->partial = reinterpret_cast<float*>(p_partial);
   }
@@ -149,16 +113,10 @@ size_t workspace_layout(size_t S, size_t E, size_t H, size_t I, char* base, MoeW
 
 bool aligned(const void* p, size_t n) { return (reinterpret_cast<uintptr_t>(p) % n) == 0; }
 
-// Grouped GEMV shape from the average number of slots per active expert.
-moe::GemvShape gemv_shape(int S, int E) {
-  const int active = std::min(S, E);
-  return (S + active - 1) / active <= 4 ? moe::GemvShape::kDecode : moe::GemvShape::kBatch;
-}
-
-// The GemvArgs fields both decode paths (moe_mxfp4_gemv.cu, moe_mxfp4_stream.cu) share; the
-// caller sets the per-launch operands and the path's counters / flags.
-moe::GemvArgs gemv_args(const MoEParams& p, const MoeWorkspace& w) {
-  moe::GemvArgs g;
+// The StreamArgs fields both streaming paths (moe_mxfp4_stream.cu, moe_mxfp4_stream_batch.cu)
+// share; the caller sets the per-launch operands.
+moe::StreamArgs stream_args(const MoEParams& p, const MoeWorkspace& w) {
+  moe::StreamArgs g;
   g.expert_idx = p.expert_idx;
   g.expert_w = p.expert_w;
   g.T = p.T;
@@ -173,6 +131,7 @@ moe::GemvArgs gemv_args(const MoEParams& p, const MoeWorkspace& w) {
   g.y = p.y;
   g.ldy = p.ldy;
   g.counters = w.counters;
+  g.n_counters = p.H / kMxfp4TileRows;  // one per mlp2 output tile
   return g;
 }
 
@@ -217,23 +176,8 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
   MoeWorkspace w;
   workspace_layout(S, size_t(p.E), size_t(p.H), size_t(p.I), static_cast<char*>(workspace), &w);
 
-  const bool routed_stream = S > size_t(moe::kStreamMaxSlots) && S <= size_t(moe::kGemvMaxSlots) &&
-                             moe::batch_stream_selected();
-  if (S <= size_t(moe::kGemvMaxSlots) && !routed_stream) {
-    const bool stream_path = S <= size_t(moe::kStreamMaxSlots) && moe::stream_selected();
-    const moe::GemvShape gs = gemv_shape(int(S), p.E);
-    moe::GemvArgs g = gemv_args(p, w);
-    if (stream_path) {
-      g.n_counters = p.H / kMxfp4TileRows;  // one per mlp2 output tile (the workspace holds H / 16 + 1)
-    } else {
-      g.n_counters = moe::gemv_row_groups(p.H, gs);
-      g.ready = w.ready;
-      g.ready_stride = moe::gemv_row_groups(2 * p.I, gs);
-      g.z_group_units = moe::gemv_group_rows(gs) / 2;
-    }
-    auto run = [&](bool mlp1, bool pdl) {
-      return stream_path ? moe::launch_stream(g, mlp1, pdl, stream) : moe::launch_gemv(g, mlp1, gs, pdl, stream);
-    };
+  if (S <= size_t(moe::kStreamMaxSlots)) {
+    moe::StreamArgs g = stream_args(p, w);
     // mlp1: rows 2I, K = H, B = x rows of the slots' tokens.
     g.act = static_cast<const bf16_t*>(p.x);
     g.ld_act = p.ldx;
@@ -242,7 +186,7 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
     g.bias = p.b1;
     g.R = 2 * p.I;
     g.K = p.H;
-    GPTOSS_RETURN_IF_ERROR(run(true, false));
+    GPTOSS_RETURN_IF_ERROR(moe::launch_stream(g, true, false, stream));
     // mlp2: rows H, K = I, B = z rows of the slots; combine onto y.
     g.act = w.z;
     g.ld_act = p.I;
@@ -251,15 +195,12 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
     g.bias = p.b2;
     g.R = p.H;
     g.K = p.I;
-    return run(false, pdl);
+    return moe::launch_stream(g, false, pdl, stream);
   }
 
-  const bool wg = !routed_stream && moe::wgmma_available();
-  const bool rs = wg && moe::prefill_rs_selected();
-  const int bm = routed_stream ? moe::kStreamRouteRows
-                 : rs          ? moe::kRsTokenRows
-                 : wg          ? moe::kWgmmaTileRows
-                               : moe::gemm_tile_rows(int(S), p.E);
+  const bool batch = S <= size_t(moe::kStreamBatchMaxSlots);
+  const bool wg = !batch && moe::wgmma_available();
+  const int bm = batch ? moe::kStreamRouteRows : wg ? moe::kRsTokenRows : moe::gemm_tile_rows(int(S), p.E);
   const int max_tiles = expert_route_max_tiles(int(S), p.E, bm);
 
   ExpertRouteParams rp;
@@ -288,11 +229,12 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
   a.alpha = p.swiglu_alpha;
   a.limit = p.swiglu_limit;
   a.fast_scales = p.scales_below_128;
-  // Streaming kernels over the route tiles: z and the partials in slot order, mlp2 with PDL.
-  moe::GemvArgs g = gemv_args(p, w);
+  // Batched decode: the streaming kernels over the route tiles, z and the partials in slot order,
+  // mlp2 with PDL.
+  moe::StreamArgs g = stream_args(p, w);
   const moe::RouteView rv{w.expert_off, w.sorted_slot, w.tile_expert, w.tile_row0, w.n_tiles, max_tiles};
   auto run = [&](bool mlp1) {
-    if (routed_stream) {
+    if (batch) {
       g.act = mlp1 ? a.act : w.z;
       g.ld_act = mlp1 ? a.ld_act : p.I;
       g.wb = a.wb;
@@ -302,15 +244,15 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
       g.K = a.K;
       return moe::launch_stream_routed(g, rv, mlp1, !mlp1 && pdl, stream);
     }
-    if (rs) return moe::launch_gemm_wgmma_rs(mlp1, a, max_tiles, stream);
-    return wg ? moe::launch_gemm_wgmma(mlp1, a, max_tiles, stream) : moe::launch_gemm_mma(bm, mlp1, a, max_tiles, stream);
+    if (wg) return moe::launch_gemm_wgmma_rs(mlp1, a, max_tiles, stream);
+    return moe::launch_gemm_mma(bm, mlp1, a, max_tiles, stream);
   };
 
-  // mlp1: rows 2I, K = H, B = x gathered by token. The register-operand GEMM reads x in prefill k
-  // order, permuted into the partials' space (T * H bf16 <= S * H f32; mlp2 writes it only later).
+  // mlp1: rows 2I, K = H, B = x gathered by token. The wgmma GEMM reads x in prefill k order,
+  // permuted into the partials' space (T * H bf16 <= S * H f32; mlp2 writes it only later).
   a.act = static_cast<const bf16_t*>(p.x);
   a.ld_act = p.ldx;
-  if (rs) {
+  if (wg) {
     bf16_t* xp = reinterpret_cast<bf16_t*>(w.partial);
     GPTOSS_RETURN_IF_ERROR(moe::launch_prefill_permute(a.act, p.ldx, xp, p.T, p.H, stream));
     a.act = xp;

@@ -30,14 +30,17 @@
 // (row r, block 2j+1), (row r+8, block 2j+1); a lane reads its 4 bytes with one 32-bit load.
 //
 // ---- The op -----------------------------------------------------------------------------------
-// Steps with T * k <= 512 slots (decode, batched decode): two launches of the grouped GEMV
-// (moe_mxfp4_gemv.cu): each block finds its active expert and that expert's slots, stages its
-// weight rows once in shared memory (cp.async) and multiplies them with all of the expert's tokens
-// on tensor cores; mlp1 writes z (bf16, [T*k][I] by slot), mlp2 writes weighted partial rows and
-// the last block of each row group adds them onto y in slot order. Larger steps: expert_route.cu
-// sorts the slots by expert (stable) and cuts tiles; mlp1 and mlp2 run as grouped GEMMs over the
-// tiles (moe_mxfp4_wgmma.cu with wgmma on sm_90a, moe_mxfp4_gemm.cu with mma.sync elsewhere), then
-// expert_combine adds the k partials of each token in slot order.
+// mlp1 (writing z: bf16, one row per slot) and mlp2 (weighted partial rows) are one launch each,
+// of the kernel family the step size (slots = T * k) selects:
+//  * <= 32 (decode): the streaming kernels (moe_mxfp4_stream.cu): each group of warps finds its
+//    active expert and that expert's slots itself (no routing pass) and streams one 16-row weight
+//    tile's K through cp.async rings; the last group of each output tile adds the partials onto y
+//    in slot order.
+//  * <= 512 (batched decode): expert_route.cu sorts the slots by expert (stable) and cuts 16-row
+//    tiles; moe_mxfp4_stream_batch.cu streams each block's weight tiles once per route tile.
+//  * larger (prefill): expert_route.cu cuts larger tiles; grouped GEMMs over them
+//    (moe_mxfp4_wgmma_rs.cu with wgmma on sm_90a, moe_mxfp4_gemm.cu with mma.sync elsewhere).
+// On the routed paths expert_combine then adds the k partials of each token in slot order.
 // Kernel internals: moe_mxfp4_impl.cuh.
 #pragma once
 

@@ -1,10 +1,11 @@
 // Internals of the MXFP4 MoE (cuda/moe_mxfp4.cu dispatches; the public interface and the weight
-// layout are in moe_mxfp4.cuh): the argument structs and launchers of the three kernel families,
+// layout are in moe_mxfp4.cuh): the argument structs and launchers of the four kernel families,
 // one file each, and the device helpers they share (exact FP4 dequantisation into mma A
 // fragments, the clamped SwiGLU, programmatic dependent launch).
-//   moe_mxfp4_gemv.cu   grouped GEMV: decode and batched decode (T * k <= kGemvMaxSlots), no routing pass
-//   moe_mxfp4_gemm.cu   tiled mma.sync GEMM over expert_route tiles (prefill; the sm_80 path)
-//   moe_mxfp4_wgmma.cu  the same GEMM with wgmma on sm_90a
+//   moe_mxfp4_stream.cu        decode (T * k <= kStreamMaxSlots): per-warp cp.async rings, no routing pass
+//   moe_mxfp4_stream_batch.cu  batched decode (T * k <= kStreamBatchMaxSlots) over expert_route tiles
+//   moe_mxfp4_gemm.cu          tiled mma.sync GEMM over expert_route tiles (prefill; the sm_80 path)
+//   moe_mxfp4_wgmma_rs.cu      prefill GEMM with wgmma on sm_90a, the weights as the register operand
 #pragma once
 
 #include <cuda_runtime.h>
@@ -77,24 +78,6 @@ __device__ __forceinline__ float swiglu(float glu, float lin, float alpha, float
   return a / (1.0f + __expf(-alpha * a)) * (l + 1.0f);
 }
 
-// 16 bytes from L2, bypassing L1: for data a still-running grid publishes (read after an acquire
-// of its ready flag), which a stale L1 line must not shadow.
-__device__ __forceinline__ uint4 ldg_cg_128(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-  return v;
-}
-
-// Flag hand-off between concurrently running grids (gpu scope).
-__device__ __forceinline__ int ld_acquire_gpu(const int32_t* p) {
-  int v;
-  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ void st_release_gpu(int32_t* p, int v) {
-  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
-}
-
 // ---------------------------------------------------------------------------------------------
 // Host helpers
 // ---------------------------------------------------------------------------------------------
@@ -103,17 +86,16 @@ __device__ __forceinline__ void st_release_gpu(int32_t* p, int v) {
 Status ensure_smem(const void* kernel, size_t bytes, const char* name);
 
 // ---------------------------------------------------------------------------------------------
-// Grouped GEMV: decode and batched decode (moe_mxfp4_gemv.cu)
+// Streaming kernels: decode and batched decode (moe_mxfp4_stream.cu, moe_mxfp4_stream_batch.cu)
 // ---------------------------------------------------------------------------------------------
-// Steps with at most this many slots (T * k) take the grouped GEMV path (no routing pass: every
-// block finds its expert and that expert's slots itself).
-constexpr int kGemvMaxSlots = 512;
+// Steps with at most this many slots (T * k) take the streaming decode kernel (no routing pass:
+// every warp finds its expert and that expert's slots itself; lane i holds slot i).
+constexpr int kStreamMaxSlots = 32;
+// Steps with at most this many slots take the batched streaming kernel over expert_route tiles;
+// larger ones the tiled GEMMs.
+constexpr int kStreamBatchMaxSlots = 512;
 
-// Block shapes: kDecode while most active experts see one token (T * k small), kBatch for
-// batched decode (several tokens per expert; weights re-used from shared memory across tokens).
-enum class GemvShape { kDecode, kBatch };
-
-struct GemvArgs {
+struct StreamArgs {
   const int32_t* expert_idx = nullptr;  // [S] (S = T * k)
   const float* expert_w = nullptr;      // [S]
   int T = 0, k = 0, E = 0;
@@ -127,27 +109,20 @@ struct GemvArgs {
   int I = 0;
   float alpha = 1.702f, limit = 7.0f;
   float* partial = nullptr;             // mlp2 output [S][H] (slot order), weighted
-  float* y = nullptr;                   // residual [T][ldy]
+  float* y = nullptr;                   // residual [T][ldy] (launch_stream's fused combine)
   int ldy = 0;
-  int32_t* counters = nullptr;          // arrivals per mlp2 row group (mlp2 reads, mlp1 zeroes)
-  int n_counters = 0;                   // gemv_row_groups(H, shape)
-  int32_t* ready = nullptr;             // [expert rank][ready_stride]: mlp1 row group's z is written
-  int ready_stride = 0;                 // gemv_row_groups(2I, shape) (mlp1's grid.x)
-  int z_group_units = 0;                // z columns per mlp1 row group (mlp2)
+  int32_t* counters = nullptr;          // launch_stream: arrivals per mlp2 output tile (mlp2 reads, mlp1 zeroes)
+  int n_counters = 0;                   // >= H / 16
   bool fast_scales = false;             // MoEParams::scales_below_128 (one multiply per dequantised pair)
 };
 
-// moe_mxfp4_stream.cu: one warp per (expert rank, 16-row tile) over the whole K, for T * k <=
-// kStreamMaxSlots, unless GPT_OSS_C_MOE_DECODE=gemv (stream_selected()). Uses GemvArgs
-// without the ready flags; n_counters >= H / 16 (one arrival counter per output tile).
-constexpr int kStreamMaxSlots = 32;
-bool stream_selected();
-Status launch_stream(const GemvArgs& a, bool mlp1, bool pdl, cudaStream_t stream);
+// moe_mxfp4_stream.cu: KS warps per (expert rank, 16-row tile), each over 1/KS of K, for T * k <=
+// kStreamMaxSlots; mlp2 adds the weighted partials onto y (one arrival counter per output tile).
+Status launch_stream(const StreamArgs& a, bool mlp1, bool pdl, cudaStream_t stream);
 
-// moe_mxfp4_stream_batch.cu: batched decode (kStreamMaxSlots < T * k <= kGemvMaxSlots) over
-// expert_route tiles of kStreamRouteRows sorted rows, selected by GPT_OSS_C_MOE_BATCH=stream
-// (batch_stream_selected()). mlp2 writes only the weighted partials; the caller runs
-// launch_expert_combine.
+// moe_mxfp4_stream_batch.cu: batched decode (kStreamMaxSlots < T * k <= kStreamBatchMaxSlots) over
+// expert_route tiles of kStreamRouteRows sorted rows. mlp2 writes only the weighted partials; the
+// caller runs launch_expert_combine. Uses StreamArgs without y and the counters.
 constexpr int kStreamRouteRows = 16;
 struct RouteView {
   const int32_t* expert_off = nullptr;   // [E + 1]
@@ -157,19 +132,10 @@ struct RouteView {
   const int32_t* n_tiles = nullptr;      // [1]
   int max_tiles = 0;                     // expert_route_max_tiles(S, E, kStreamRouteRows)
 };
-bool batch_stream_selected();
-Status launch_stream_routed(const GemvArgs& a, const RouteView& rv, bool mlp1, bool pdl, cudaStream_t stream);
-
-// Number of row groups (blocks along x) for R rows, and rows per group.
-int gemv_row_groups(int R, GemvShape shape);
-int gemv_group_rows(GemvShape shape);
-// mlp1 (+ SwiGLU into z; also zeroes the counters of the following mlp2) or mlp2 (+ bias, routing
-// weight, and the slot-ordered combine onto y by the last block of each row group). mlp2 with
-// `pdl` overlaps its weight loads with the end of mlp1.
-Status launch_gemv(const GemvArgs& a, bool mlp1, GemvShape shape, bool pdl, cudaStream_t stream);
+Status launch_stream_routed(const StreamArgs& a, const RouteView& rv, bool mlp1, bool pdl, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------
-// Tiled GEMM over expert_route tiles (moe_mxfp4_gemm.cu: mma.sync; moe_mxfp4_wgmma.cu: sm_90a)
+// Tiled GEMM over expert_route tiles (moe_mxfp4_gemm.cu: mma.sync; moe_mxfp4_wgmma_rs.cu: sm_90a)
 // ---------------------------------------------------------------------------------------------
 struct GemmArgs {
   const bf16_t* act = nullptr;  // mlp1: x [T][ld_act] gathered by token; mlp2: z [T*k][I] in sorted order
@@ -196,21 +162,16 @@ struct GemmArgs {
 int gemm_tile_rows(int slots, int E);
 Status launch_gemm_mma(int tile_rows, bool mlp1, const GemmArgs& a, int max_tiles, cudaStream_t stream);
 
-// Token-tile rows of the wgmma GEMM (two warpgroups of 64).
-constexpr int kWgmmaTileRows = 128;
-
-// The register-operand wgmma GEMM (moe_mxfp4_wgmma_rs.cu; GPT_OSS_C_MOE_PREFILL=rs, prefill_rs_selected()):
-// route tiles of kRsTokenRows sorted rows (the wgmma N), weights as the register A operand, tokens
-// (x through launch_prefill_permute, z as mlp1 writes it) in prefill k order.
+// The register-operand wgmma GEMM (moe_mxfp4_wgmma_rs.cu): route tiles of kRsTokenRows sorted rows
+// (the wgmma N), weights as the register A operand, tokens (x through launch_prefill_permute, z as
+// mlp1 writes it) in prefill k order.
 constexpr int kRsTokenRows = 256;
-bool prefill_rs_selected();
 Status launch_gemm_wgmma_rs(bool mlp1, const GemmArgs& a, int max_tiles, cudaStream_t stream);
 // dst[T][K] (dense, ld = K) = src[T][ld_src] with each 64-wide k chunk in prefill k order.
 Status launch_prefill_permute(const bf16_t* src, int ld_src, bf16_t* dst, int T, int K, cudaStream_t stream);
-// True when the wgmma kernels can run here: an sm_90 device, kernels built from sm_90a code (not
+// True when the wgmma kernel can run here: an sm_90 device, kernels built from sm_90a code (not
 // JIT-compiled compute_80 PTX), and no GPT_OSS_C_FORCE_PORTABLE=1.
 bool wgmma_available();
-Status launch_gemm_wgmma(bool mlp1, const GemmArgs& a, int max_tiles, cudaStream_t stream);
 
 }  // namespace moe
 }  // namespace gptoss

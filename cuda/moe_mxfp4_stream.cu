@@ -1,9 +1,9 @@
 // Streaming MoE GEMV for decode (T * k <= kStreamMaxSlots = 32 slots): KS warps per (active expert
 // rank, 16-row weight tile), each over a contiguous 1/KS of K (the group sums its parts through
 // shared memory at the end), with weights, scales and activations streamed through a per-warp
-// cp.async ring in shared memory. Replaces moe_mxfp4_gemv.cu's decode shape for T * k <= 32
-// (GPT_OSS_C_MOE_DECODE=gemv brings that back for A/B runs; GPT_OSS_C_MOE_STREAM_KS=K or K1,K2 forces a
-// K split). H200, 20b shapes (bench/NOTES.md): T = 1 33 us (gemv 47), T = 8 122 us (gemv 208).
+// cp.async ring in shared memory; no routing pass. GPT_OSS_C_MOE_STREAM_KS=K or K1,K2 forces a K
+// split. H200, 20b shapes (bench/NOTES.md): T = 1 33 us, T = 8 122 us (the grouped GEMV it
+// replaced: 47 and 208).
 //
 // Why a cp.async ring (bench/NOTES.md, H200, session 3): the first version kept an 8-chunk ring of
 // 16-byte loads in registers; ncu showed ~1,270 cycles per chunk and per warp, most of it in
@@ -13,7 +13,7 @@
 // Every lane copies exactly the bytes it later reads (its 16 code bytes, its row pair's scale word,
 // its B column's 2 x 16 activation bytes), so a lane's own wait_group is the only synchronisation.
 //
-// Math and layout as moe_mxfp4_gemv.cu (ops.h MoEParams; weight layout in mxfp4_layout.cuh):
+// Math (ops.h MoEParams; weight layout in mxfp4_layout.cuh), slot i = t * k + j of token t and expert e:
 //   mlp1: z[i, u] = swiglu(W1[e] x[t] + b1[e])[u];  mlp2: partial[i, :] = w[i] (W2[e] z[i] + b2[e]);
 //   y[t, :] += sum_j partial[t*k + j, :] (j in slot order) by the last warp to finish each output tile.
 // Per warp: lane i reads slot i's expert (S <= 32), the warp finds the rank-th smallest distinct
@@ -80,7 +80,7 @@ struct WarpExpert {
 };
 
 // Lane i holds slot i (i < S <= 32). The expert of rank `rank` among the step's distinct experts in
-// ascending id order (the same order moe_mxfp4_gemv.cu's blockIdx.y ranks use). Warp-uniform.
+// ascending id order. Warp-uniform.
 __device__ WarpExpert warp_expert(const int32_t* expert_idx, int S, int E, int rank, int lane) {
   const int ei = lane < S ? __ldcg(expert_idx + lane) : -1;
   const bool valid = lane < S && unsigned(ei) < unsigned(E);
@@ -114,7 +114,7 @@ __device__ __forceinline__ void named_barrier(int id, int threads) {
 }
 
 template <bool kMlp1, bool kFast, int D>
-__global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(GemvArgs a, int KS) {
+__global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(StreamArgs a, int KS) {
   static_assert((D & (D - 1)) == 0, "ring depth: a power of two");
   extern __shared__ __align__(16) uint8_t smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, r = lane >> 2, c = lane & 3;
@@ -268,7 +268,7 @@ __global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(Gemv
 }
 
 template <bool kMlp1, bool kFast, int D>
-Status launch_stream_t(const GemvArgs& a, int ks, bool pdl, cudaStream_t stream) {
+Status launch_stream_t(const StreamArgs& a, int ks, bool pdl, cudaStream_t stream) {
   auto kernel = bf16_mxfp4w_moe_stream<kMlp1, kFast, D>;
   const size_t smem = size_t(kStreamWarps) * D * kStageBytes;
   GPTOSS_RETURN_IF_ERROR(ensure_smem(reinterpret_cast<const void*>(kernel), smem, "bf16_mxfp4w_moe_stream"));
@@ -278,7 +278,7 @@ Status launch_stream_t(const GemvArgs& a, int ks, bool pdl, cudaStream_t stream)
 }
 
 template <bool kMlp1, bool kFast>
-Status launch_stream_d(const GemvArgs& a, bool pdl, cudaStream_t stream) {
+Status launch_stream_d(const StreamArgs& a, bool pdl, cudaStream_t stream) {
   const StreamShape sh = stream_shape(a.T * a.k, kMlp1);
   return sh.depth == 8 ? launch_stream_t<kMlp1, kFast, 8>(a, sh.ks, pdl, stream)
                        : launch_stream_t<kMlp1, kFast, 4>(a, sh.ks, pdl, stream);
@@ -290,7 +290,7 @@ Status launch_stream_d(const GemvArgs& a, bool pdl, cudaStream_t stream) {
 // launches. Issue: ~85 warp instructions per chunk (1,024 weights; ~60 of them dequantisation), 97k
 // warp-chunks per layer -> ~8 us at one instruction per scheduler and cycle, so the dequantisation
 // must overlap the loads well to stay under the memory floor.
-Status launch_stream(const GemvArgs& a, bool mlp1, bool pdl, cudaStream_t stream) {
+Status launch_stream(const StreamArgs& a, bool mlp1, bool pdl, cudaStream_t stream) {
   const int S = a.T * a.k;
   if (S < 1 || S > kStreamMaxSlots || a.E < 1 || a.E > kRouteMaxExperts)
     return make_error(StatusCode::InvalidArgument,

@@ -1,6 +1,6 @@
-// MoE for batched decode (kStreamMaxSlots < T * k <= kGemvMaxSlots) on expert_route tiles of
-// kStreamRouteRows = 16 sorted rows: a candidate replacement of moe_mxfp4_gemv.cu's batch shape,
-// selected by GPT_OSS_C_MOE_BATCH=stream (batch_stream_selected()).
+// MoE for batched decode (kStreamMaxSlots < T * k <= kStreamBatchMaxSlots) on expert_route tiles of
+// kStreamRouteRows = 16 sorted rows. H200 kernel bench, 20b shapes: T = 64 215 us (the grouped GEMV
+// it replaced: 466).
 //
 // Block (8 warps) = one route tile (16 token columns of one expert) x 8 consecutive 16-row weight
 // tiles, one per warp, over the whole K. Per 64-wide k chunk a D-stage cp.async ring holds each
@@ -39,7 +39,7 @@ constexpr size_t kSmem = size_t(kDepth) * kStageBytes;       // 28 KB
 
 // grid.x = groups of kWarps weight tiles, grid.y = route-tile slots (max_tiles).
 template <bool kMlp1, bool kFast>
-__global__ void __launch_bounds__(kThreads) bf16_mxfp4w_moe_stream_batch(GemvArgs a, RouteView rv) {
+__global__ void __launch_bounds__(kThreads) bf16_mxfp4w_moe_stream_batch(StreamArgs a, RouteView rv) {
   extern __shared__ __align__(16) uint8_t smem[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, r = lane >> 2, c = lane & 3;
   if (kMlp1) pdl_launch_dependents();  // mlp2 may start; it waits (pdl_wait) before reading z
@@ -145,7 +145,7 @@ __global__ void __launch_bounds__(kThreads) bf16_mxfp4w_moe_stream_batch(GemvArg
 }
 
 template <bool kMlp1, bool kFast>
-Status launch(const GemvArgs& a, const RouteView& rv, bool pdl, cudaStream_t stream) {
+Status launch(const StreamArgs& a, const RouteView& rv, bool pdl, cudaStream_t stream) {
   auto kernel = bf16_mxfp4w_moe_stream_batch<kMlp1, kFast>;
   GPTOSS_RETURN_IF_ERROR(ensure_smem(reinterpret_cast<const void*>(kernel), kSmem, "bf16_mxfp4w_moe_stream_batch"));
   const dim3 grid(unsigned((a.R / kMxfp4TileRows + kWarps - 1) / kWarps), unsigned(rv.max_tiles));
@@ -158,11 +158,11 @@ Status launch(const GemvArgs& a, const RouteView& rv, bool pdl, cudaStream_t str
 // Floor (gpt-oss-20b, T = 64, all 32 experts active): 423 MB of weights -> 100 us on the H200 for
 // both launches; activations from L2 ~0.5x that (one 16-column copy per block and chunk); issue
 // ~150 warp instructions per chunk and warp, ~0.8M warp-chunks per layer -> ~120M instructions.
-Status launch_stream_routed(const GemvArgs& a, const RouteView& rv, bool mlp1, bool pdl, cudaStream_t stream) {
+Status launch_stream_routed(const StreamArgs& a, const RouteView& rv, bool mlp1, bool pdl, cudaStream_t stream) {
   const int S = a.T * a.k;
-  if (S < 1 || S > kGemvMaxSlots || a.E < 1 || a.E > kRouteMaxExperts || rv.max_tiles < 0)
-    return make_error(StatusCode::InvalidArgument,
-                      "moe stream batch: need 1 <= T * k <= " + std::to_string(kGemvMaxSlots) + " and 1 <= E <= 256");
+  if (S < 1 || S > kStreamBatchMaxSlots || a.E < 1 || a.E > kRouteMaxExperts || rv.max_tiles < 0)
+    return make_error(StatusCode::InvalidArgument, "moe stream batch: need 1 <= T * k <= " +
+                                                       std::to_string(kStreamBatchMaxSlots) + " and 1 <= E <= 256");
   if (a.R % kMxfp4TileRows != 0 || a.K % 32 != 0 || a.K <= 0 || a.R <= 0 || a.ld_act % 8 != 0)
     return make_error(StatusCode::InvalidArgument, "moe stream batch: rows must be a multiple of 16, K of 32, ld_act of 8");
   if (rv.max_tiles == 0) return Status::Ok();

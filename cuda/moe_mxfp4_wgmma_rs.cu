@@ -1,11 +1,13 @@
-// MXFP4 MoE GEMM on sm_90a with the weights as the register operand (prefill; candidate replacement
-// of moe_mxfp4_wgmma.cu, selected by GPT_OSS_C_MOE_PREFILL=rs). Same work and argument struct as
-// the mma.sync GEMM (moe_mxfp4_gemm.cu): over expert_route tiles of kRsTokenRows sorted rows,
+// MXFP4 MoE GEMM on sm_90a with the weights as the register operand (prefill: T * k >
+// kStreamBatchMaxSlots on an sm_90 device). Same work and argument struct as the mma.sync GEMM
+// (moe_mxfp4_gemm.cu, the path elsewhere): over expert_route tiles of kRsTokenRows sorted rows,
 // mlp1 + bias + SwiGLU into z, or mlp2 + bias times the routing weight into per-slot partials.
+// H200 kernel bench, 20b shapes: T = 2048 1155 us, T = 512 534 us.
 //
-// Why (bench/NOTES.md, session 3): moe_mxfp4_wgmma.cu dequantises the weights into a bf16 shared-
-// memory B buffer that both warpgroups then read through wgmma, so each 64-wide chunk moves ~137 KB
-// through shared memory for 4.2 MFLOP (~134 bytes per tensor-core cycle, above the 128 the SM has).
+// Why (bench/NOTES.md, session 3): the shared-memory-operand wgmma GEMM this replaced dequantised
+// the weights into a bf16 shared-memory B buffer that both warpgroups then read through wgmma, so
+// each 64-wide chunk moved ~137 KB through shared memory for 4.2 MFLOP (~134 bytes per tensor-core
+// cycle, above the 128 the SM has; 1391 us at T = 2048, 553 at T = 512).
 // Here every warp dequantises its own 16-row weight tile straight into wgmma A registers (the
 // per-warp slice of an m64 A fragment has the mma.sync m16n8k16 layout that dequant_steps already
 // produces), and the tokens are the shared-memory B operand: ~100 KB per chunk, no B stores, no
@@ -30,6 +32,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "cuda_backend.cuh"
 #include "cuda_check.cuh"
 #include "moe_mxfp4_impl.cuh"
 #include "wgmma_sm90.cuh"
@@ -318,6 +321,25 @@ Status launch(const GemmArgs& a, int max_tiles, cudaStream_t stream) {
 }
 
 }  // namespace
+
+bool wgmma_available() {
+  if (cuda_force_portable()) return false;
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  if (major != 9 || minor != 0) return false;
+  // The kernels must come from sm_90a code, not from compute_80 PTX JIT-compiled for this device.
+  static const bool built = [] {
+    cudaFuncAttributes fa;
+    const bool ok = cudaFuncGetAttributes(&fa, bf16_mxfp4w_moe_wgmma_rs<true, true>) == cudaSuccess && fa.ptxVersion >= 90;
+    cudaGetLastError();
+    return ok;
+  }();
+  return built;
+}
 
 Status launch_prefill_permute(const bf16_t* src, int ld_src, bf16_t* dst, int T, int K, cudaStream_t stream) {
   if (T <= 0) return Status::Ok();

@@ -1,7 +1,6 @@
-// sm_90a warpgroup MMA helpers shared by the MoE prefill kernels (moe_mxfp4_wgmma.cu: both operands
-// from shared memory; moe_mxfp4_wgmma_rs.cu: weights from registers). GPTOSS_WGMMA is defined only
-// when compiling for sm_90a; elsewhere the kernels compile to a trap and are never launched
-// (wgmma_available()).
+// sm_90a warpgroup MMA helpers of the MoE prefill kernel (moe_mxfp4_wgmma_rs.cu). GPTOSS_WGMMA is
+// defined only when compiling for sm_90a; elsewhere the kernels compile to a trap and are never
+// launched (wgmma_available()).
 #pragma once
 
 #include <cstdint>
@@ -35,9 +34,6 @@ __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.
 __device__ __forceinline__ void fence_acc(float (&acc)[128]) {
 #pragma unroll
   for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(acc[i])::"memory");
-}
-__device__ __forceinline__ void sts_128(uint32_t addr, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
-  asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
 }
 #endif  // GPTOSS_WGMMA
 

@@ -161,48 +161,7 @@ static void test_replay(int R, int G, uint32_t seed) {
     CHECK(got[row] == ref[row], "R=%d G=%d row %d: replay %.17g vs checkpoint %.17g", R, G, row, got[row], ref[row]);
 }
 
-// The wgmma path (cuda/moe_mxfp4_wgmma.cu) writes the dequantised tile into shared memory in
-// natural k order: lane (r, c) stores, for h = 0, 1 and par = 0, 1, the 16 bytes of tile row
-// 2r + par at k = 64j + 32h + 8c + 0..7 as registers {A[2h][par], A[2h][2 + par], A[2h + 1][par],
-// A[2h + 1][2 + par]} of the unpacked words. Rebuild every tile row that way (lanes with odd r
-// first swap their words 0,1 <-> 2,3, as the kernel does, and store h' = h ^ 1) and compare
-// with the checkpoint codes.
-static void test_natural_order_pieces(int G, uint32_t seed) {
-  std::mt19937 rng(seed);
-  const int chunks = mxfp4_chunks(G);
-  std::vector<uint8_t> blocks(size_t(16) * G * 16);
-  for (auto& b : blocks) b = uint8_t(rng());
-  std::vector<double> tile(size_t(16) * chunks * 64, -99.0);
-  for (int j = 0; j < chunks; ++j)
-    for (int lane = 0; lane < 32; ++lane) {
-      const int r = lane / 4, c = lane % 4;
-      uint32_t w[4];
-      mxfp4_pack_lane(&blocks[size_t(mxfp4_tile_row(r)) * G * 16], &blocks[size_t(mxfp4_tile_row(r + 8)) * G * 16], G, j, c, w);
-      const bool odd = r & 1;
-      if (odd) std::swap(w[0], w[2]), std::swap(w[1], w[3]);
-      uint32_t A[4][4];
-      for (int s = 0; s < 4; ++s) mxfp4_unpack_word(w[s], A[s]);
-      for (int hl = 0; hl < 2; ++hl)
-        for (int par = 0; par < 2; ++par) {
-          const int h = hl ^ int(odd), row = 2 * r + par;
-          const uint32_t piece[4] = {A[2 * hl][par], A[2 * hl][2 + par], A[2 * hl + 1][par], A[2 * hl + 1][2 + par]};
-          for (int e = 0; e < 8; ++e)
-            tile[(size_t(row) * chunks + j) * 64 + 32 * h + 8 * c + e] = unpacked_value(piece[e / 2], e % 2);
-        }
-    }
-  for (int row = 0; row < 16; ++row)
-    for (int k = 0; k < chunks * 64; ++k) {
-      double want = 0.0;  // pad half of a last half chunk: zero codes
-      if (k < 32 * G) {
-        const uint8_t byte = blocks[(size_t(row) * G + k / 32) * 16 + (k % 32) / 2];
-        want = fp4_e2m1_value(k % 2 ? byte >> 4 : byte & 15u);
-      }
-      const double got = tile[(size_t(row) * chunks + k / 64) * 64 + k % 64];
-      CHECK(got == want, "G=%d row %d k %d: natural-order piece holds %g, checkpoint %g", G, row, k, got, want);
-    }
-}
-
-// The register-operand wgmma path (cuda/moe_mxfp4_wgmma_rs.cu): each warp's A registers (as in
+// The wgmma prefill path (cuda/moe_mxfp4_wgmma_rs.cu): each warp's A registers (as in
 // test_replay) meet activations stored in prefill k order, read in the mma fragment's logical slot
 // order: register pair {a0a1} of lane (r, c) in step s covers slots 2c, 2c + 1 of row r, {a2a3}
 // the same slots of row r + 8, {a4a5} / {a6a7} slots 2c + 8, 2c + 9; slot t reads activation
@@ -264,8 +223,6 @@ int main() {
   test_replay(32, 3, 12);   // one full + one half chunk
   test_replay(48, 4, 13);   // two full chunks
   test_replay(64, 90, 14);  // gpt-oss K = 2880
-  test_natural_order_pieces(1, 21);
-  test_natural_order_pieces(90, 22);
   test_prefill_order(16, 1, 31);   // one half chunk
   test_prefill_order(32, 3, 32);   // one full + one half chunk
   test_prefill_order(64, 90, 33);  // gpt-oss K = 2880

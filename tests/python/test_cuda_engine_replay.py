@@ -12,11 +12,12 @@ engine's whole prefill) and steps of 5 through the KV cache (its max_step_tokens
      wrong for some rows is named with its op, layer, step and rows.
   2. The two schedules are compared the way test_engine compares the engine's, but knowing the
      routing: this model has router near-ties (top-4 vs 5th logit within ~1e-3 at some positions),
-     and the two schedules run different kernels (T = 5: GEMV paths; T = 33: tensor-core GEMM
-     paths) whose f32 summation orders differ, so a near-tie may resolve differently; the token's
-     MoE output then jumps, and so do its logits and those of later tokens that attend to it. The
-     schedules must choose the same experts wherever the margin exceeds NEAR_TIE, and their logits
-     must agree (test_engine's CUDA tolerance) on every position before the first near-tie flip.
+     and the two schedules run different kernels (T = 5: the dense GEMV and the streaming decode
+     MoE; T = 33: the dense tensor-core GEMM and the batched streaming MoE) whose f32 summation
+     orders differ, so a near-tie may resolve differently; the token's MoE output then jumps, and so
+     do its logits and those of later tokens that attend to it. The schedules must choose the same
+     experts wherever the margin exceeds NEAR_TIE, and their logits must agree (test_engine's CUDA
+     tolerance) on every position before the first near-tie flip.
 Full-attention layers use a 64-row cache here (the engine's has max_context rows): positions < 64
 are stored at the same rows either way.
 """

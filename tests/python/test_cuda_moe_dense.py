@@ -144,28 +144,24 @@ def test_dense_is_deterministic():
 # ---------------------------------------------------------------------------------------------
 
 
-GEMV_MAX_SLOTS = 512  # moe_mxfp4_impl.cuh kGemvMaxSlots
 STREAM_MAX_SLOTS = 32  # moe_mxfp4_impl.cuh kStreamMaxSlots
+STREAM_BATCH_MAX_SLOTS = 512  # moe_mxfp4_impl.cuh kStreamBatchMaxSlots
 
 
 def moe_path(T, k, E):
     """The kernel path launch_moe_mxfp4 takes (moe_mxfp4.cu), for test names and messages."""
     S = T * k
-    if S <= STREAM_MAX_SLOTS and os.environ.get("GPT_OSS_C_MOE_DECODE") != "gemv":
+    if S <= STREAM_MAX_SLOTS:
         return f"bf16_mxfp4w_moe_stream KS={4 if S <= 4 else 2} (streaming decode, fused combine)"
-    if S <= GEMV_MAX_SLOTS and os.environ.get("GPT_OSS_C_MOE_BATCH") == "stream":
-        return "expert route + bf16_mxfp4w_moe_stream routed (16-row route tiles) + combine"
-    if S <= GEMV_MAX_SLOTS:
-        shape = "decode" if -(-S // min(S, E)) <= 4 else "batch"
-        return f"bf16_mxfp4w_moe_gemv {shape} (grouped GEMV, fused combine)"
-    rs = "_rs" if os.environ.get("GPT_OSS_C_MOE_PREFILL") == "rs" else ""
-    if os.environ.get("GPT_OSS_C_FORCE_PORTABLE") != "1":
-        gemm = f"bf16_mxfp4w_moe_wgmma{rs} on sm_90a, else bf16_mxfp4w_moe_gemm"
-    else:
-        gemm = "bf16_mxfp4w_moe_gemm (forced portable)"
+    if S <= STREAM_BATCH_MAX_SLOTS:
+        return "expert route + bf16_mxfp4w_moe_stream_batch (16-row route tiles) + combine"
     avg = -(-S // E)
-    bm = (256 if rs else 128) if "wgmma" in gemm else 32 if avg <= 24 else 64 if avg <= 64 else 128
-    return f"expert route + {gemm} BM={bm} + combine"
+    bm = 32 if avg <= 24 else 64 if avg <= 64 else 128
+    if os.environ.get("GPT_OSS_C_FORCE_PORTABLE") != "1":
+        gemm = f"bf16_mxfp4w_moe_wgmma_rs BM=256 on sm_90a, else bf16_mxfp4w_moe_gemm BM={bm}"
+    else:
+        gemm = f"bf16_mxfp4w_moe_gemm BM={bm} (forced portable)"
+    return f"expert route + {gemm} + combine"
 
 
 def moe_inputs(T, E, k, H, I, *, expert_idx=None, seed=0):
@@ -212,11 +208,11 @@ def test_moe_decode(T, H, I):
     moe_case(T, 32, 4, H, I)
 
 
-# Grouped GEMV with several tokens per expert: T=17 and 100 over 8 experts (9 and 50 per expert:
-# batch shape, 1 and 4 passes of 16 columns), T=128 over 2 experts (256 rows each: 16 passes).
+# Batched decode over 16-row route tiles, several per expert: T=17 and 100 over 8 experts (~9 and
+# ~50 rows per expert: 1 and ~4 tiles, the last partial), T=128 over 2 experts (128 rows each: 8 tiles).
 @pytest.mark.parametrize("T,E,k", [(17, 8, 4), (100, 8, 4), (128, 2, 2)])
 @pytest.mark.parametrize("H,I", [(96, 160), (160, 96)])
-def test_moe_gemv_passes(T, E, k, H, I):
+def test_moe_batch_route_tiles(T, E, k, H, I):
     moe_case(T, E, k, H, I)
 
 
@@ -231,9 +227,9 @@ def test_moe_tiles(T, E, H, I):
 def test_moe_gpt_oss_20b_shapes_decode_and_prefill():
     moe_case(1, 32, 4, 2880, 2880, vs_cpu=True)     # decode: streaming decode, KS = 4
     moe_case(8, 32, 4, 2880, 2880)                   # batch-8 decode: streaming decode, KS = 2
-    moe_case(64, 32, 4, 2880, 2880)                  # batch-64 decode: gemv batch shape
-    moe_case(128, 32, 4, 2880, 2880)                 # 512 slots: the last gemv step
-    moe_case(129, 32, 4, 2880, 2880, vs_cpu=True)    # 516 slots: routed GEMM, BM = 32
+    moe_case(64, 32, 4, 2880, 2880)                  # batch-64 decode: stream batch
+    moe_case(128, 32, 4, 2880, 2880)                 # 512 slots: the last stream batch step
+    moe_case(129, 32, 4, 2880, 2880, vs_cpu=True)    # 516 slots: the prefill GEMM
 
 
 def test_moe_gpt_oss_120b_expert_count():
@@ -242,13 +238,13 @@ def test_moe_gpt_oss_120b_expert_count():
 
 
 def test_moe_prefill_2048_hundreds_per_expert():
-    moe_case(2048, 32, 4, 512, 256)   # 256 rows per expert: BM = 128, 2 tiles each
-    moe_case(2048, 128, 4, 256, 512)  # 120b-like E: 64 rows per expert, BM = 64
+    moe_case(2048, 32, 4, 512, 256)   # ~256 rows per expert: wgmma 256-row tiles; mma.sync BM = 128, 2 tiles each
+    moe_case(2048, 128, 4, 256, 512)  # 120b-like E: ~64 rows per expert; mma.sync BM = 64
 
 
-# (300, 4, 2) and (257, 2, 2): routed GEMM with few experts; (64, 128, 4): gemv over 128 experts;
-# (5, 256, 8): 40 slots over 256 experts; (7, 4, 3) and (2, 16, 1): gemv with shared experts and
-# k = 1; (10, 8, 3): k = 3.
+# (300, 4, 2) and (257, 2, 2): prefill GEMM with few experts; (64, 128, 4): stream batch over 128
+# experts; (5, 256, 8): 40 slots over 256 experts; (7, 4, 3) and (2, 16, 1): streaming decode with
+# shared experts and k = 1; (10, 8, 3): k = 3.
 @pytest.mark.parametrize("T,E,k", [(300, 4, 2), (257, 2, 2), (64, 128, 4), (5, 256, 8), (7, 4, 3), (2, 16, 1), (10, 8, 3)])
 def test_moe_expert_counts(T, E, k):
     moe_case(T, E, k, 96, 96)
@@ -257,9 +253,9 @@ def test_moe_expert_counts(T, E, k):
 def test_moe_skewed_routing_multi_tile_experts():
     # Every token picks experts 0 and 1: one expert holds all T rows -> several passes over the
     # weights, the last partial: streaming decode (7 and 13 rows: one pass of 8 columns, and 8 + 5
-    # re-streaming the tiles), gemv decode shape (20 rows = 8 + 8 + 4), gemv batch shape (40 rows =
-    # 16 + 16 + 8); and 300 rows each on the routed GEMM (600 slots over 8 experts: BM = 128,
-    # 128 + 128 + 44).
+    # re-streaming the tiles), stream batch (20 rows = 16 + 4 and 40 rows = 16 + 16 + 8 route tiles);
+    # and 300 rows each on the prefill GEMM (600 slots over 8 experts: wgmma 256 + 44; mma.sync
+    # BM = 128, 128 + 128 + 44).
     for T, E in ((7, 64), (13, 8), (20, 64), (40, 8), (300, 8)):
         idx = np.tile(np.array([[0, 1]], np.int32), (T, 1))
         moe_case(T, E, 2, 96, 160, expert_idx=idx)
@@ -274,8 +270,8 @@ def test_moe_cuda_matches_cpu_small():
 
 
 def test_moe_is_deterministic():
-    # gemv (the combine is done by whichever block of a row group arrives last: the arithmetic
-    # must not depend on which), including 32 experts per row group; routed GEMM.
+    # Streaming decode (the combine is done by whichever warp group of an output tile arrives last:
+    # the arithmetic must not depend on which), stream batch over 32 experts, prefill GEMM.
     for T, E in ((3, 8), (64, 32), (129, 8)):
         args, y0, out = moe_case(T, E, 4, 96, 160)
         for _ in range(3):
@@ -302,7 +298,7 @@ def scale_case(T, scale_bytes):
 
 
 # Scale bytes >= 128 take dequant_steps' two-multiply path, the others one multiply by 2^(s-1):
-# T = 1 (streaming decode), T = 40 (gemv batch), T = 600 (routed GEMM, 600 slots on one expert).
+# T = 1 (streaming decode), T = 40 (stream batch), T = 600 (prefill GEMM, 600 slots on one expert).
 @pytest.mark.parametrize("T", [1, 40, 600])
 def test_moe_scale_bytes_across_the_range(T):
     scale_case(T, [7, 20, 60, 100, 127, 150, 180, 200])
@@ -317,9 +313,10 @@ def test_moe_subnormal_scales(T):
 @pytest.mark.skipif(os.environ.get("GPT_OSS_C_FORCE_PORTABLE") == "1", reason="this is the portable run")
 def test_moe_portable_kernels_in_a_child_process():
     # GPT_OSS_C_FORCE_PORTABLE=1 is read once per process: a child reruns the MoE path tests with
-    # the mma.sync GEMM instead of wgmma, and the gemv without programmatic dependent launch.
+    # the mma.sync GEMM instead of wgmma, and the streaming kernels without programmatic dependent launch.
     env = dict(os.environ, GPT_OSS_C_FORCE_PORTABLE="1")
-    sel = "moe_decode or moe_gemv_passes or moe_tiles or moe_expert_counts or moe_skewed or moe_scale or moe_subnormal or moe_is_det"
+    sel = ("moe_decode or moe_batch_route_tiles or moe_tiles or moe_expert_counts or moe_skewed or moe_scale"
+           " or moe_subnormal or moe_is_det")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", sel], env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"portable MoE kernels failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
