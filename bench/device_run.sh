@@ -43,9 +43,12 @@ for stage in "$@"; do
         GPT_OSS_C_PROFILE=1 GPT_OSS_C_NO_GRAPHS=1 GPT_OSS_C_NO_PDL=1 timeout 200 python3 bench/profile_ops.py /dev/shm/gpt_oss_c-bench-20b-hf $w \
           > "$OUT/profile_$w.log" 2>&1; echo "== profile $w"; head -n 14 "$OUT/profile_$w.log" | cut -c1-90
       done ;;
-    bench20b_full)
-      timeout 400 python3 -m gpt_oss_c.bench --size 20b --out "$OUT/bench20b.json" > "$OUT/bench20b.log" 2>&1
-      tail -n 30 "$OUT/bench20b.log" ;;
+    bench20b_full|bench20b_hf)
+      # bench20b_hf adds Hugging Face transformers' GptOss (bf16, same weights) to the same run; the
+      # JSON is rewritten after every stage, so a run cut short by BENCH_TIMEOUT keeps what it measured.
+      hf=; [ "$stage" = bench20b_hf ] && hf=--compare-hf
+      timeout ${BENCH_TIMEOUT:-400} python3 -m gpt_oss_c.bench --size 20b $hf --out "$OUT/bench20b.json" > "$OUT/bench20b.log" 2>&1
+      echo "== $stage rc=$?"; tail -n 40 "$OUT/bench20b.log" ;;
     big)
       df -h /dev/shm /tmp | tail -n 2; free -g | head -n 2
       rm -rf /dev/shm/gpt_oss_c-bench-*

@@ -186,7 +186,7 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
     g.bias = p.b1;
     g.R = 2 * p.I;
     g.K = p.H;
-    GPTOSS_RETURN_IF_ERROR(moe::launch_stream(g, true, false, stream));
+    GPTOSS_RETURN_IF_ERROR(moe::launch_stream(g, true, pdl, stream));
     // mlp2: rows H, K = I, B = z rows of the slots; combine onto y.
     g.act = w.z;
     g.ld_act = p.I;

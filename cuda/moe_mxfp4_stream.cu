@@ -21,8 +21,11 @@
 // a second pass re-streams the tile, which only happens when one expert has > 8 slots). Lanes whose
 // column is past the expert's slot count copy no activations: their mma columns read stale shared
 // memory and are never stored (mma output columns are independent).
-// mlp2 is launched with programmatic dependent launch: it puts its first weight chunks in flight,
-// then waits for mlp1 (pdl_wait) before reading z and the counters mlp1 zeroed.
+// Both launches use programmatic dependent launch (when the backend does): mlp1 waits for the
+// router (pdl_wait) before anything else, so only its launch overlaps the router's tail; mlp2 puts
+// its first weight chunks in flight, then waits for mlp1 before reading z and the counters mlp1
+// zeroed, and then lets the next kernel (the next layer's q/k/v GEMV) launch and prefetch its
+// weights while mlp2 streams.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -124,6 +127,7 @@ __global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(Stre
   const int S = a.T * a.k;
 
   if (kMlp1) {
+    pdl_wait();  // expert_idx, x (the router and the norm) and the counters (the last layer's mlp2)
     // Zero mlp2's arrival counters (mlp2 touches them only after pdl_wait, i.e. after this grid
     // completed), then let mlp2 launch: it can only start once every block of this grid runs.
     if (blockIdx.x == 0)
@@ -158,7 +162,10 @@ __global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(Stre
       tc::cp_async_4(my_s + st, ssrc + j * kMxfp4ScaleChunkBytes);
     }
     tc::cp_async_commit();
-    if (!kMlp1 && p0 == 0) pdl_wait();  // z and the counters come from mlp1
+    if (!kMlp1 && p0 == 0) {
+      pdl_wait();               // z and the counters come from mlp1
+      pdl_launch_dependents();  // whatever follows waits for all of this grid before reading y
+    }
     for (int j = 0; j < D - 1; ++j) {
       if (j < nc && has_col) {
         const uint32_t st = uint32_t(j * kStageBytes);
@@ -300,7 +307,7 @@ Status launch_stream(const StreamArgs& a, bool mlp1, bool pdl, cudaStream_t stre
   if (!mlp1 && a.n_counters < a.R / kMxfp4TileRows)
     return make_error(StatusCode::InvalidArgument, "moe stream: one arrival counter per output tile needed");
   if (mlp1)
-    return a.fast_scales ? launch_stream_d<true, true>(a, false, stream) : launch_stream_d<true, false>(a, false, stream);
+    return a.fast_scales ? launch_stream_d<true, true>(a, pdl, stream) : launch_stream_d<true, false>(a, pdl, stream);
   return a.fast_scales ? launch_stream_d<false, true>(a, pdl, stream) : launch_stream_d<false, false>(a, pdl, stream);
 }
 

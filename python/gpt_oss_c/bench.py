@@ -253,6 +253,16 @@ def main(argv=None) -> int:
         res["card"] = f"cpu ({os.cpu_count()} threads)"
     res["build"] = gpt_oss_c.build_info()
     steps = 8 + (2 if args.compare_hf else 0) - (2 if args.quick else 0)
+    out = args.out
+    if out is None:
+        d = Path("bench/results")
+        if d.is_dir():
+            out = d / f"{res['date']}-{res['card'].replace(' ', '_')}.json"
+
+    def save() -> None:  # after every stage, so that a run cut short keeps what it measured
+        if out:
+            Path(out).write_text(json.dumps(res, indent=2) + "\n")
+
     prog = Progress(steps)
     if cuda:
         res.update(measure_ceilings())
@@ -265,8 +275,10 @@ def main(argv=None) -> int:
     res["model"] = cfg.name
     res["bytes_per_token"] = bytes_per_token(cfg, 128 + 128)
     prog.step("load")
+    save()
     res["decode_bs1_tok_s"] = bench_decode(model, 128, 256)
     prog.step("decode bs1")
+    save()
     if "copy_bw_GBps" in res:
         res["decode_bs1_floor_tok_s"] = res["copy_bw_GBps"] * 1e9 / res["bytes_per_token"]
         res["decode_bs1_floor_fraction"] = res["decode_bs1_tok_s"] / res["decode_bs1_floor_tok_s"]
@@ -277,11 +289,13 @@ def main(argv=None) -> int:
             res["decode_ctx8k_floor_fraction"] = (
                 res["decode_ctx8k_tok_s"] * res["bytes_per_token_ctx8k"] / (res["copy_bw_GBps"] * 1e9))
         prog.step("decode 8K context")
+        save()
     for n in (512, 2048) + (() if args.quick else (8192,)):
         if n <= model.max_context:
             res[f"prefill_{n}_tok_s"] = bench_prefill(model, n)
             res[f"prefill_{n}_tflops"] = res[f"prefill_{n}_tok_s"] * flops_per_token(cfg, n // 2) / 1e12
     prog.step("prefill")
+    save()
     info = model.info()
     del model
     batched = gpt_oss_c.load(path, device=args.device, max_context=512, max_batch=64)
@@ -291,11 +305,13 @@ def main(argv=None) -> int:
     res["peak_gpu_mem_GB"] = max(info["device_memory_used"], info2["device_memory_used"]) / 1e9
     del batched
     prog.step("batched decode")
+    save()
     if args.compare_hf:
         res.update(bench_hf(path, 128, 64, args.device))
         res["ratio_decode_vs_hf"] = res["decode_bs1_tok_s"] / res["hf_decode_tok_s"]
         res["ratio_prefill_2048_vs_hf"] = res.get("prefill_2048_tok_s", 0) / res["hf_prefill_2048_tok_s"]
         prog.step("HF transformers")
+        save()
     prog.step("done")
 
     keys = [k for k in res if k not in ("build",)]
@@ -303,13 +319,8 @@ def main(argv=None) -> int:
     for k in keys:
         v = res[k]
         print(f"{k:<{width}}  {v:,.3f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-    out = args.out
-    if out is None:
-        d = Path("bench/results")
-        if d.is_dir():
-            out = d / f"{res['date']}-{res['card'].replace(' ', '_')}.json"
     if out:
-        Path(out).write_text(json.dumps(res, indent=2) + "\n")
+        save()
         log(f"wrote {out}")
     return 0
 
