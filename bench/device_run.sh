@@ -76,6 +76,14 @@ for stage in "$@"; do
         tests/python/test_cuda_moe_dense.py tests/python/test_fused_ops.py \
         -k "cuda and moe and not 20b and not 120b and not 2048 and not 2880 and not 600 and not portable" > "$OUT/sanitize_racecheck.log" 2>&1
       echo "== racecheck rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed|failed' "$OUT/sanitize_racecheck.log" | tail -n 2 | tr '\n' ' ')" ;;
+    opcost)
+      # What each op costs inside the graph-replayed decode step (bench/op_cost.py: decode with one op
+      # family skipped at a time), at batch 1 and 64.
+      python3 -c "from gpt_oss_c.bench import scratch_checkpoint; scratch_checkpoint('20b', 'hf', None)" 2>&1 | tail -1
+      timeout 200 python3 bench/op_cost.py /dev/shm/gpt_oss_c-bench-20b-hf > "$OUT/opcost_b1.log" 2>&1
+      echo "== opcost batch 1 rc=$?"; cat "$OUT/opcost_b1.log" | tail -n 14
+      timeout 240 python3 bench/op_cost.py /dev/shm/gpt_oss_c-bench-20b-hf --batch 64 --runs 2 > "$OUT/opcost_b64.log" 2>&1
+      echo "== opcost batch 64 rc=$?"; cat "$OUT/opcost_b64.log" | tail -n 16 ;;
     ncu_step)
       # Every kernel of a few graph-free decode steps (batch 1, then batch 64) under Nsight Compute,
       # one metric (its duration): where a step's time goes, kernel by kernel.

@@ -101,8 +101,25 @@ Status CudaBackend::create(int device, std::unique_ptr<Backend>* out) {
   const char* no_pdl = std::getenv("GPT_OSS_C_NO_PDL");
   // Programmatic dependent launch needs sm_90; the portable (sm_80) mode does without it.
   b->pdl_ = prop.major >= 9 && !cuda_force_portable() && !(no_pdl && *no_pdl && std::strcmp(no_pdl, "0") != 0);
+  if (const char* skip = std::getenv("GPT_OSS_C_SKIP_OPS")) {
+    std::string list(skip);
+    for (size_t i = 0; i <= list.size();) {
+      size_t j = list.find(',', i);
+      if (j == std::string::npos) j = list.size();
+      const std::string e = list.substr(i, j - i);
+      const size_t at = e.find('@');
+      if (!e.empty()) b->skip_ops_.emplace_back(e.substr(0, at), at == std::string::npos ? "" : e.substr(at + 1));
+      i = j + 1;
+    }
+  }
   *out = std::move(b);
   return Status::Ok();
+}
+
+bool CudaBackend::skipped(const char* op, const std::string& shape) const {
+  for (const auto& [name, text] : skip_ops_)
+    if (name == op && shape.find(text) != std::string::npos) return true;
+  return false;
 }
 
 CudaBackend::~CudaBackend() {

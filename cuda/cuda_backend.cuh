@@ -105,6 +105,7 @@ class CudaBackend final : public Backend {
   // Runs one op's launcher, timed by the profiler when it is on and no graph is being captured.
   template <class Launch>
   Status run_op(const char* op, const std::string& shape, Launch&& launch) {
+    if (!skip_ops_.empty() && skipped(op, shape)) return op_done(Status::Ok(), op);
     const bool timed = profiler_.enabled() && !capturing_;
     if (timed) profiler_.begin(std::string(op) + " " + shape, stream_);
     Status s = launch();
@@ -134,9 +135,15 @@ class CudaBackend final : public Backend {
   DenseWorkspace dense_ws() const;
 
   Scratch attn_scratch_, sample_scratch_, moe_scratch_, dense_scratch_;
-  // Programmatic dependent launch of the decode kernels (dense GEMV, MoE mlp2): sm_90+, unless
-  // $GPT_OSS_C_NO_PDL=1 or $GPT_OSS_C_FORCE_PORTABLE=1.
+  // Programmatic dependent launch of the dense GEMV / GEMM, decode attention and MoE kernels:
+  // sm_90+, unless $GPT_OSS_C_NO_PDL=1 or $GPT_OSS_C_FORCE_PORTABLE=1.
   bool pdl_ = false;
+  // $GPT_OSS_C_SKIP_OPS (performance attribution only; results are wrong): comma-separated entries
+  // "op" or "op@text", e.g. "attention@window=128,dense@N=2880"; an op call whose name matches and
+  // whose shape string (run_op's) contains the text launches nothing. bench/op_cost.py times decode
+  // with each skipped to get what every op costs inside the graph-replayed step.
+  std::vector<std::pair<std::string, std::string>> skip_ops_;
+  bool skipped(const char* op, const std::string& shape) const;
   DeviceErrorRecord* device_errors_ = nullptr;  // device memory, zero = no error
 
   bool capturing_ = false;

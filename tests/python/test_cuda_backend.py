@@ -20,7 +20,10 @@ Shapes are named after the kernel path they reach; a failure names the path and 
 """
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -88,6 +91,26 @@ def test_embed_gpt_oss_width_matches_cpu_exactly():
     ids = rng.integers(0, 4099, 301).astype(np.int32)
     ids[:2] = [0, 4098]
     np.testing.assert_array_equal(ops.embed(ids, table, device="cuda"), ops.embed(ids, table, device="cpu"))
+
+
+@needs_cuda
+def test_skip_ops_launches_nothing_for_matching_calls_only():
+    # GPT_OSS_C_SKIP_OPS (bench/op_cost.py) is read when the backend is created: a child process.
+    code = """
+import numpy as np
+from gpt_oss_c import _core
+ops = _core.ops
+rng = np.random.default_rng(5)
+for T in (1, 3):
+    x = rng.standard_normal((T, 64)).astype(np.float32)
+    w = rng.standard_normal(64).astype(np.float32)
+    same = np.allclose(ops.rmsnorm(x, w, device="cuda"), ops.rmsnorm(x, w, device="cpu"), rtol=2**-7, atol=1e-6)
+    print(T, "same" if same else "differs")
+"""
+    env = dict(os.environ, GPT_OSS_C_SKIP_OPS="attention,rmsnorm@T=3")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["1", "same", "3", "differs"], proc.stdout
 
 
 @needs_cuda
