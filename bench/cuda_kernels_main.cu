@@ -189,13 +189,14 @@ int main(int argc, char** argv) {
   // 50 MB L2), which a decode step never does: each case is also timed "cold", each call reading the
   // next of enough copies of the weights to span twice the L2.
   const size_t l2 = size_t(std::max(prop.l2CacheSize, 1));
+  auto cold_copies = [&](size_t bytes) { return int(std::min<size_t>(1024, (2 * l2 + bytes - 1) / bytes)); };
   for (const DenseCase& c : dense) {
     if (!want("dense")) break;
     uint16_t *x, *w;
     float* bias;
     void* y;
     const size_t wn = size_t(c.N) * c.K;
-    const int copies = int(std::min<size_t>(1024, (2 * l2 + 2 * wn - 1) / (2 * wn)));
+    const int copies = cold_copies(2 * wn);
     CHECK_CUDA(cudaMalloc(&x, size_t(c.T) * c.K * 2));
     CHECK_CUDA(cudaMalloc(&w, wn * 2 * copies));
     CHECK_CUDA(cudaMalloc(&bias, size_t(c.N) * 4));
@@ -240,7 +241,7 @@ int main(int argc, char** argv) {
     CHECK_CUDA(cudaMalloc(&ew, size_t(T) * TOPK * 4)); CHECK_CUDA(cudaMalloc(&eidx, size_t(T) * TOPK * 4));
     // Cold copies of the weights, as for the dense cases.
     const size_t nq = size_t(QKV) * H, ng = size_t(E) * H;
-    const int cq = int((2 * l2 + 2 * nq - 1) / (2 * nq)), cg = int(std::min<size_t>(1024, (2 * l2 + 2 * ng - 1) / (2 * ng)));
+    const int cq = cold_copies(2 * nq), cg = cold_copies(2 * ng);
     CHECK_CUDA(cudaMalloc(&xn, size_t(T) * H * 2)); CHECK_CUDA(cudaMalloc(&wq, nq * 2 * cq));
     CHECK_CUDA(cudaMalloc(&wg, ng * 2 * cg)); CHECK_CUDA(cudaMalloc(&qkv, size_t(T) * QKV * 2));
     CHECK_CUDA(cudaMalloc(&ck, size_t(T) * NKV * CTX * 64 * 2)); CHECK_CUDA(cudaMalloc(&cv, size_t(T) * NKV * CTX * 64 * 2));
