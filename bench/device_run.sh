@@ -84,6 +84,17 @@ for stage in "$@"; do
       echo "== opcost batch 1 rc=$?"; cat "$OUT/opcost_b1.log" | tail -n 14
       timeout 240 python3 bench/op_cost.py /dev/shm/gpt_oss_c-bench-20b-hf --batch 64 --runs 2 > "$OUT/opcost_b64.log" 2>&1
       echo "== opcost batch 64 rc=$?"; cat "$OUT/opcost_b64.log" | tail -n 16 ;;
+    ncu_step)
+      # Every kernel of a few graph-free decode steps (batch 1, then batch 64) under Nsight Compute,
+      # one metric (its duration): where a step's time goes, kernel by kernel.
+      python3 -c "from gpt_oss_c.bench import scratch_checkpoint; scratch_checkpoint('20b', 'hf', None)" 2>&1 | tail -1
+      for w in decode batch; do
+        GPT_OSS_C_NO_GRAPHS=1 timeout 200 ncu --csv --print-units base --clock-control none --cache-control none --metrics gpu__time_duration.sum --launch-skip 3000 --launch-count 700 \
+          python3 bench/profile_ops.py /dev/shm/gpt_oss_c-bench-20b-hf $w > "$OUT/ncu_step_$w.csv" 2> "$OUT/ncu_step_$w.err"
+        echo "== ncu_step $w rc=$?"
+        python3 bench/ncu_step_summary.py "$OUT/ncu_step_$w.csv" | tee "$OUT/ncu_step_$w.txt" | head -n 24
+        gzip -f "$OUT/ncu_step_$w.csv"
+      done ;;
     l2hints)
       # Branch l2-hints: decode with and without the L2 prefetch of the next op's weights
       # (GPT_OSS_C_NO_L2_HINTS=1 turns it off), then the CUDA MoE and engine tests with it on.
@@ -100,17 +111,6 @@ print('NO_L2_HINTS=$h decode', [round(bench_decode(m, 128, 256), 1) for _ in ran
       timeout 200 python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda_moe_dense.py tests/python/test_engine.py \
         tests/python/test_oracle.py tests/python/test_cuda_engine_replay.py -k cuda > "$OUT/l2hints_tests.log" 2>&1
       echo "== l2 hints tests: $(tail -n 1 "$OUT/l2hints_tests.log")"; grep -E "^(FAILED|ERROR)" "$OUT/l2hints_tests.log" | head ;;
-    ncu_step)
-      # Every kernel of a few graph-free decode steps (batch 1, then batch 64) under Nsight Compute,
-      # one metric (its duration): where a step's time goes, kernel by kernel.
-      python3 -c "from gpt_oss_c.bench import scratch_checkpoint; scratch_checkpoint('20b', 'hf', None)" 2>&1 | tail -1
-      for w in decode batch; do
-        GPT_OSS_C_NO_GRAPHS=1 timeout 200 ncu --csv --print-units base --clock-control none --cache-control none --metrics gpu__time_duration.sum --launch-skip 3000 --launch-count 700 \
-          python3 bench/profile_ops.py /dev/shm/gpt_oss_c-bench-20b-hf $w > "$OUT/ncu_step_$w.csv" 2> "$OUT/ncu_step_$w.err"
-        echo "== ncu_step $w rc=$?"
-        python3 bench/ncu_step_summary.py "$OUT/ncu_step_$w.csv" | tee "$OUT/ncu_step_$w.txt" | head -n 24
-        gzip -f "$OUT/ncu_step_$w.csv"
-      done ;;
     ncu_prefill)
       # The prefill MoE (T = 2048, 20b shapes: the register-operand wgmma GEMM) under Nsight Compute:
       # is it tensor-, L2- or issue-bound? (kernel bench: 1155 us per layer on the H200.)
