@@ -84,6 +84,25 @@ for stage in "$@"; do
       echo "== opcost batch 1 rc=$?"; cat "$OUT/opcost_b1.log" | tail -n 14
       timeout 240 python3 bench/op_cost.py /dev/shm/gpt_oss_c-bench-20b-hf --batch 64 --runs 2 > "$OUT/opcost_b64.log" 2>&1
       echo "== opcost batch 64 rc=$?"; cat "$OUT/opcost_b64.log" | tail -n 16 ;;
+    attnsplit)
+      # Branch attn-splits: keys per decode-attention split (GPT_OSS_C_ATTN_SPLIT_KEYS; 64 is about
+      # the old split sizes without the empty blocks), kernel bench, CUDA attention tests, decode.
+      mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
+      for k in 64 128 256 512; do
+        GPT_OSS_C_ATTN_SPLIT_KEYS=$k timeout 60 build/bench/cuda_kernels 20 attention > "$OUT/attnsplit_$k.log" 2>&1
+        echo "== split keys $k: $(grep -o '"shape": "[^"]*", "us": [0-9.]*' "$OUT/attnsplit_$k.log" | sed 's/"shape": //; s/"us": //' | tr '\n' ' ')"
+      done
+      timeout 200 python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda_backend.py -k attention > "$OUT/attnsplit_tests.log" 2>&1
+      echo "== attention tests: $(tail -n 1 "$OUT/attnsplit_tests.log")"
+      python3 -c "from gpt_oss_c.bench import scratch_checkpoint; scratch_checkpoint('20b', 'hf', None)" 2>&1 | tail -1
+      for k in 64 128 256; do
+        GPT_OSS_C_ATTN_SPLIT_KEYS=$k timeout 60 python3 -c "
+import gpt_oss_c
+from gpt_oss_c.bench import bench_decode
+m = gpt_oss_c.load('/dev/shm/gpt_oss_c-bench-20b-hf', device='cuda', max_context=8192 + 512)
+print('split keys $k: decode', [round(bench_decode(m, 128, 256), 1) for _ in range(3)], 'at 8K', round(bench_decode(m, 8192, 128, seed=3), 1))
+" 2>&1 | tail -n 1
+      done ;;
     ncu_step)
       # Every kernel of a few graph-free decode steps (batch 1, then batch 64) under Nsight Compute,
       # one metric (its duration): where a step's time goes, kernel by kernel.

@@ -21,11 +21,13 @@
 // The launcher takes the decode kernel when T <= 2 S (at most two tokens per sequence on average)
 // and the prefill kernel otherwise; each is correct for any mix of sequence lengths.
 //  * decode: one block per (split, KV head, token), rows
-//    = the G heads of that token (rows G..15 idle). The token's key range is cut into `splits`
-//    chunks so a single long sequence still fills the GPU; the 4 warps of a block take interleaved
-//    16-key tiles of the chunk, then merge their states in shared memory. With splits > 1 every block
-//    writes an (m, l, o) partial to the workspace and the last block to arrive (per-token, per-head
-//    arrival counter) merges them with the sink; no second launch.
+//    = the G heads of that token (rows G..15 idle). The launch has `splits` blocks per (token, KV
+//    head), enough for the longest context the step can see (the decode graph is replayed at every
+//    position); a token uses one per split_keys of its visible keys, so a single long sequence still
+//    fills the GPU, and the rest leave at once. The 4 warps of a block take interleaved 16-key tiles
+//    of its chunk, then merge their states in shared memory. A token with one split writes its output
+//    directly; with more, every split writes an (m, l, o) partial to the workspace and the last block
+//    to arrive (per-token, per-head arrival counter) merges them with the sink; no second launch.
 //  * prefill: one block per (64-row tile, KV head). Row r of a sequence is token r / G, head r % G,
 //    so a tile covers 64/G tokens x G heads. Each 64-key tile of K/V is shared by the 4 warps; a warp
 //    skips tiles its rows cannot see and masks only the tiles that straddle its rows' ranges.
@@ -34,6 +36,7 @@
 // the SM count][partial o: f32 [T][n_q][splits][64]][partial (m, l): float2 [T][n_q][splits]].
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "attention.cuh"
 #include "cuda_check.cuh"
@@ -51,6 +54,10 @@ constexpr int kDecodeWarps = 4;
 constexpr int kDecodeKeys = 16;       // keys per warp tile in decode
 constexpr int kMaxSplits = 64;
 constexpr int kMinKeysPerSplit = kDecodeWarps * kDecodeKeys;  // one tile per warp
+// Keys per decode split (GPT_OSS_C_ATTN_SPLIT_KEYS, >= kMinKeysPerSplit): a token whose visible keys
+// fit one split (every sliding-window layer; full layers early in a generation) is attended by one
+// block per KV head that writes its output directly, with no partials, counter or merge pass.
+constexpr int kDefaultSplitKeys = 128;
 constexpr int kPrefillWarps = 4;
 constexpr int kBM = 16 * kPrefillWarps;  // rows per prefill block
 constexpr int kBN = 64;                  // keys per prefill tile
@@ -58,7 +65,8 @@ constexpr int kBN = 64;                  // keys per prefill tile
 struct AttnArgs {
   AttentionParams p;
   int G;              // query heads per KV head
-  int splits;         // decode: key-range chunks per token
+  int splits;         // decode: blocks per (token, KV head), for the longest context of the step
+  int split_keys;     // decode: keys per split; a token uses ceil(keys / split_keys) <= splits of them
   float scale_log2;   // scale * log2(e)
   unsigned* counters; // decode, splits > 1
   float* part_o;
@@ -69,11 +77,20 @@ struct AttnArgs {
 // Host-side sizing of the decode grid and its workspace.
 int decode_target_blocks(int num_sms) { return 3 * (num_sms > 0 ? num_sms : 1); }
 
-// Splits of each token's key range: enough blocks for ~3 per SM, at least a tile per warp in each.
+int split_keys() {
+  static const int v = [] {
+    const char* e = std::getenv("GPT_OSS_C_ATTN_SPLIT_KEYS");
+    const int k = e ? std::atoi(e) : kDefaultSplitKeys;
+    return k >= kMinKeysPerSplit ? k : kDefaultSplitKeys;
+  }();
+  return v;
+}
+
+// Splits of each token's key range: enough blocks for ~3 per SM, at most one per split_keys() keys.
 int decode_splits(int T, int n_kv, long long max_keys, int num_sms) {
   const int base = T * n_kv, target = decode_target_blocks(num_sms);
   if (base >= target) return 1;
-  const long long by_keys = (max_keys + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
+  const long long by_keys = (max_keys + split_keys() - 1) / split_keys();
   return int(std::max(1ll, std::min({(long long)ceil_div(target, base), by_keys, (long long)kMaxSplits})));
 }
 
@@ -356,9 +373,13 @@ __global__ void __launch_bounds__(kDecodeWarps * kWarpSize) bf16_sdpa_sink_d64_d
   const int pos = p.batch.tok_pos[t];
   const KVRows kv = kv_rows(p, s, kvh);
   const int lo = p.window > 0 ? max(0, pos - p.window + 1) : 0;
-  // Whole 16-key tiles, and at least one tile per warp: short contexts use fewer splits (the rest
-  // are empty and publish only m = -inf) instead of many one-tile ones.
-  const int chunk = max(ceil_div(ceil_div(pos - lo + 1, a.splits), kDecodeKeys) * kDecodeKeys, kMinKeysPerSplit);
+  // This token's splits: one per split_keys visible keys, at most the launch's (sized for the
+  // longest context the step may see); the other blocks of the token leave at once. Whole 16-key
+  // tiles per split (the last split may come out empty and then publishes only m = -inf).
+  const int keys = pos - lo + 1;
+  const int nsplit = min(a.splits, max(1, ceil_div(keys, a.split_keys)));
+  if (sp >= nsplit) return;
+  const int chunk = ceil_div(ceil_div(keys, nsplit), kDecodeKeys) * kDecodeKeys;
   const int kb = lo + sp * chunk;
   const int ke = min(kb + chunk, pos + 1);  // this split: keys [kb, ke), possibly empty
   const int ntiles = ke > kb ? ceil_div(ke - kb, kDecodeKeys) : 0;
@@ -424,7 +445,7 @@ __global__ void __launch_bounds__(kDecodeWarps * kWarpSize) bf16_sdpa_sink_d64_d
   __syncthreads();
 
   __nv_bfloat16* out = static_cast<__nv_bfloat16*>(p.out) + size_t(t) * p.ldo;
-  if (a.splits == 1) {
+  if (nsplit == 1) {
     for (int i = threadIdx.x; i < G * kHeadDim; i += blockDim.x) {
       const int g = i / kHeadDim, d = i % kHeadDim, h = kvh * G + g;
       const float sink = p.sinks[h] * kLog2e;
@@ -461,7 +482,7 @@ __global__ void __launch_bounds__(kDecodeWarps * kWarpSize) bf16_sdpa_sink_d64_d
   __threadfence();  // partials visible device-wide before this block is counted
   __syncthreads();
   unsigned* counter = a.counters + size_t(t) * p.n_kv + kvh;
-  if (threadIdx.x == 0) is_last = atomicAdd(counter, 1u) == unsigned(a.splits - 1);
+  if (threadIdx.x == 0) is_last = atomicAdd(counter, 1u) == unsigned(nsplit - 1);
   __syncthreads();
   if (!is_last) return;
   __threadfence();
@@ -472,10 +493,10 @@ __global__ void __launch_bounds__(kDecodeWarps * kWarpSize) bf16_sdpa_sink_d64_d
     const float sink = p.sinks[kvh * G + g] * kLog2e;
     const float2* ml = a.part_ml + e0 + size_t(g) * a.splits;
     float M = sink;
-    for (int x = lane; x < a.splits; x += kWarpSize) M = fmaxf(M, __ldcg(ml + x).x);
+    for (int x = lane; x < nsplit; x += kWarpSize) M = fmaxf(M, __ldcg(ml + x).x);
     M = warp_max(M);
     float L = 0.0f;
-    for (int x = lane; x < a.splits; x += kWarpSize) {
+    for (int x = lane; x < nsplit; x += kWarpSize) {
       const float2 v = __ldcg(ml + x);
       const float f = exp2f(v.x - M);
       wts[g][x] = f;
@@ -489,7 +510,7 @@ __global__ void __launch_bounds__(kDecodeWarps * kWarpSize) bf16_sdpa_sink_d64_d
     const int g = i / kHeadDim, d = i % kHeadDim;
     const float* po = a.part_o + (e0 + size_t(g) * a.splits) * kHeadDim + d;
     float O = 0.0f;
-    for (int x = 0; x < a.splits; ++x)
+    for (int x = 0; x < nsplit; ++x)
       if (wts[g][x] != 0.0f) O += __ldcg(po + size_t(x) * kHeadDim) * wts[g][x];
     out[(kvh * G + g) * kHeadDim + d] = __float2bfloat16_rn(O * inv_l[g]);
   }
@@ -675,6 +696,7 @@ Status launch_attention(const AttentionParams& p, const AttentionWorkspace& ws, 
   a.p = p;
   a.G = p.n_q / p.n_kv;
   a.splits = 1;
+  a.split_keys = split_keys();
   a.scale_log2 = p.scale * kLog2e;
   a.errors = ws.errors;
   if (use_decode_kernel(b)) {
