@@ -65,6 +65,14 @@ for stage in "$@"; do
         timeout 300 python3 bench/cuda_kernels.py --out "$OUT" > "$OUT/kbench.log" 2>&1; echo "== kbench rc=$?"
         cat "$OUT/kbench.log" | cut -c1-110 | head -60
       fi ;;
+    fusedtok)
+      # Branch fused-tokens: the fused norm prologue a warp per token (T > 1) and the router top-k
+      # from staged shared-memory logits; the fused-op tests and the fused kernel-bench cases.
+      mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
+      timeout 200 python3 -m pytest -q -p no:cacheprovider tests/python/test_fused_ops.py tests/python/test_cuda_backend.py \
+        -k "cuda and (router or moe_input or attn_input)" > "$OUT/fusedtok_tests.log" 2>&1
+      echo "== fused-token tests: $(tail -n 1 "$OUT/fusedtok_tests.log")"; grep -E "^(FAILED|ERROR)" "$OUT/fusedtok_tests.log" | head
+      timeout 60 build/bench/cuda_kernels 20 fused > "$OUT/fusedtok_bench.log" 2>&1; cut -c1-100 "$OUT/fusedtok_bench.log" | grep fused ;;
     sanitize)
       # memcheck over the kernel tests (minus the deliberate out-of-memory test, whose failed cudaMalloc
       # the tool counts as an error), racecheck over the small-shape tests of the shared-memory kernels.

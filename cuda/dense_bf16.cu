@@ -318,17 +318,34 @@ __global__ void __launch_bounds__(kGemvWarps * 32) bf16_dense_gemv_mma(DenseArgs
   pdl_wait();
 
   if constexpr (XS) {
-    // x[t] = rmsnorm(xf[t]) * norm_w in f32, rounded to bf16: rmsnorm_row, as f32_rmsnorm
-    // (cuda/rmsnorm.cu, 256 threads).
+    // x[t] = rmsnorm(xf[t]) * norm_w in f32, rounded to bf16. One token: rmsnorm_row over the block,
+    // as f32_rmsnorm (cuda/rmsnorm.cu, 256 threads). Several: warp w normalises tokens w, w + 8, ...
+    // at once (a token after token block loop took ~2 us per token); its sum of squares runs in
+    // another order, so xn may differ from f32_rmsnorm's by one bf16 ulp (test_fused_ops allows it).
     const float4* g4 = reinterpret_cast<const float4*>(a.norm_w);
     char* xs_bytes = reinterpret_cast<char*>(xs_smem);
-    for (int t = 0; t < a.T; ++t) {
-      const float4* x4 = reinterpret_cast<const float4*>(a.xf + size_t(t) * a.ldxf);
-      rmsnorm_row(x4, g4, a.K / 4, a.K, a.eps, norm_red, [&](int i, float4 v) {
-        const uint2 packed = make_uint2(pack_bf16x2(v.x, v.y), pack_bf16x2(v.z, v.w));
-        *reinterpret_cast<uint2*>(xs_bytes + t * gemv_xs_row_bytes(a.K) + 8 * i) = packed;
-        if (a.xn != nullptr && blockIdx.x == 0) *reinterpret_cast<uint2*>(a.xn + size_t(t) * a.ldxn + 4 * i) = packed;
-      });
+    auto store = [&](int t, int i, float4 v) {
+      const uint2 packed = make_uint2(pack_bf16x2(v.x, v.y), pack_bf16x2(v.z, v.w));
+      *reinterpret_cast<uint2*>(xs_bytes + t * gemv_xs_row_bytes(a.K) + 8 * i) = packed;
+      if (a.xn != nullptr && blockIdx.x == 0) *reinterpret_cast<uint2*>(a.xn + size_t(t) * a.ldxn + 4 * i) = packed;
+    };
+    if (a.T == 1) {
+      rmsnorm_row(reinterpret_cast<const float4*>(a.xf), g4, a.K / 4, a.K, a.eps, norm_red,
+                  [&](int i, float4 v) { store(0, i, v); });
+    } else {
+      for (int t = warp; t < a.T; t += kGemvWarps) {
+        const float4* x4 = reinterpret_cast<const float4*>(a.xf + size_t(t) * a.ldxf);
+        float ss = 0.0f;
+        for (int i = lane; i < a.K / 4; i += 32) {
+          const float4 v = x4[i];
+          ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+        const float inv = rsqrtf(warp_sum(ss) / float(a.K) + a.eps);
+        for (int i = lane; i < a.K / 4; i += 32) {
+          const float4 v = x4[i], g = __ldg(g4 + i);
+          store(t, i, make_float4(v.x * inv * g.x, v.y * inv * g.y, v.z * inv * g.z, v.w * inv * g.w));
+        }
+      }
     }
     __syncthreads();
   }
@@ -435,10 +452,14 @@ __global__ void __launch_bounds__(kGemvWarps * 32) bf16_dense_gemv_mma(DenseArgs
     prev = __shfl_sync(0xffffffffu, prev, 0);
     if (prev != unsigned(tiles - 1)) return;
     __threadfence();
-    const int k = a.topk;
+    // Every token's logits into shared memory past the x rows in one round of L2 loads, then the
+    // top-k of each token from there (token after token used to pay two L2 round trips each).
+    const int k = a.topk, E = a.N;
+    float* lg = reinterpret_cast<float*>(reinterpret_cast<char*>(xs_smem) + a.T * gemv_xs_row_bytes(a.K));
+    for (int i = lane; i < a.T * E; i += 32) lg[i] = __ldcg(static_cast<const float*>(a.y) + size_t(i / E) * a.ldy + i % E);
+    __syncwarp();
     for (int t = 0; t < a.T; ++t)
-      warp_router_topk(static_cast<const float*>(a.y) + size_t(t) * a.ldy, a.N, k, a.expert_idx + size_t(t) * k,
-                       a.expert_w + size_t(t) * k);
+      warp_router_topk<true>(lg + t * E, E, k, a.expert_idx + size_t(t) * k, a.expert_w + size_t(t) * k);
     if (lane == 0) a.counters[kDoneCounter] = 0u;
   }
 }
@@ -822,12 +843,19 @@ bool attn_input_fusable(const AttnInputParams& p) {
          (r.n_q + 2 * r.n_kv) * kHeadDim == d.N && k.cache.k && k.cache.v && k.cache.len > 0 && k.cache.slots > 0;
 }
 
+namespace {
+// Dynamic shared memory of the fused router: the x rows, then the top-k's logits [T][E] f32.
+size_t moe_input_smem(const MoEInputParams& p) {
+  return size_t(p.gate.T) * gemv_xs_row_bytes(p.gate.K) + size_t(p.gate.T) * size_t(p.gate.N) * 4;
+}
+}  // namespace
+
 bool moe_input_fusable(const MoEInputParams& p) {
   const DenseParams& d = p.gate;
   const RouterParams& r = p.router;
   return norm_dense_fusable(p.norm, d) && d.y_type == DType::F32 && (reinterpret_cast<uintptr_t>(d.y) & 3u) == 0 &&
          r.T == d.T && r.logits == d.y && r.ldl == d.ldy && r.E == d.N && r.E <= kRouterMaxExperts && r.k >= 1 &&
-         r.k <= kRouterMaxK && r.k <= r.E && r.expert_idx && r.expert_w;
+         r.k <= kRouterMaxK && r.k <= r.E && r.expert_idx && r.expert_w && moe_input_smem(p) <= size_t(kXsMaxBytes);
 }
 
 // Floor: the qkv weights (29.5 MB at 20b: 7.0 us on H200) plus the residual row(s) read by every
@@ -873,7 +901,7 @@ Status launch_moe_input_fused(const MoEInputParams& p, const DenseWorkspace& ws,
   if (ws.ptr == nullptr || ws.bytes < kCounterBytes)
     return make_error(StatusCode::InvalidArgument, "moe_input: the fused kernel needs the dense workspace");
   a.counters = static_cast<unsigned*>(ws.ptr);  // the top-k's finished-tile counter
-  return gemv<1, true>(a, ws, size_t(p.gate.T) * gemv_xs_row_bytes(p.gate.K), stream);
+  return gemv<1, true>(a, ws, moe_input_smem(p), stream);
 }
 
 }  // namespace gptoss

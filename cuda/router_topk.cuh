@@ -28,8 +28,11 @@ __device__ __forceinline__ bool ranks_before(float v, int i, float bv, int bi) {
 //   w_j = exp(l_j - l_0) / sum_i exp(l_i - l_0).
 // Lane l holds logits l, l+32, ... (E <= 256: 8 per lane); k rounds of a warp arg-max over the
 // experts not yet taken, each a 5-step shuffle reduction on (value, index). `row` is read through
-// L2 (ld.global.cg), so logits that other blocks of the same kernel wrote (and fenced) are seen.
+// L2 (ld.global.cg), so logits that other blocks of the same kernel wrote (and fenced) are seen;
+// kShared: `row` is in shared memory (the fused router stages every token's logits there first).
+template <bool kShared = false>
 __device__ __forceinline__ void warp_router_topk(const float* row, int E, int k, int32_t* idx, float* w) {
+  auto load = [&](int e) { return kShared ? row[e] : __ldcg(row + e); };
   using router_detail::ranks_before;
   constexpr int kPerLane = kRouterMaxExperts / 32;
   static_assert(kRouterMaxExperts % 32 == 0 && kPerLane <= 32, "experts per lane fit a bit mask");
@@ -38,7 +41,7 @@ __device__ __forceinline__ void warp_router_topk(const float* row, int E, int k,
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
     const int e = j * 32 + lane;
-    const float v = e < E ? __ldcg(row + e) : -INFINITY;
+    const float v = e < E ? load(e) : -INFINITY;
     key[j] = v != v ? -INFINITY : v;
   }
   unsigned taken = 0;
@@ -64,12 +67,12 @@ __device__ __forceinline__ void warp_router_topk(const float* row, int E, int k,
     chosen[r] = bi;
   }
   // Softmax over the k raw logits (the max is the first one chosen).
-  const float l0 = __ldcg(row + chosen[0]);
+  const float l0 = load(chosen[0]);
   float denom = 0.0f, mine = 0.0f;
 #pragma unroll
   for (int r = 0; r < kRouterMaxK; ++r) {
     if (r >= k) continue;
-    const float e = expf(__ldcg(row + chosen[r]) - l0);
+    const float e = expf(load(chosen[r]) - l0);
     denom += e;
     if (r == lane) mine = e;
   }

@@ -6,8 +6,9 @@ float64 references of tests/reference.py at f32 tolerance. On CUDA, steps of <= 
 fused kernel (cuda/dense_bf16.cu: the norm in every block's prologue, the GEMV, then the RoPE / KV
 append or the top-k in its epilogue); 9+ tokens run the composition. CUDA is checked against the
 same ops run one by one on CUDA (the engine's unfused path: bf16 at every op boundary):
-  * xn: the fused prologue repeats f32_rmsnorm's loop and reduction order; two roundings of
-    nearly equal values are at most one ulp apart (2 x 2^-8 relative);
+  * xn: for one token the fused prologue repeats f32_rmsnorm's loop and reduction order, for
+    several a warp per token sums in another order; two roundings of nearly equal values are at
+    most one ulp apart (2 x 2^-8 relative);
   * q/k/v: the GEMV's f32 sums may be split differently, so a pre-RoPE value may round to the
     neighbouring bf16 (one ulp), which RoPE mixes with the pair's other value:
     |err| <= conc (2^-7 (|a| + |b|) + f32 noise + any xn ulp times |w|) + 2^-7 |out|
