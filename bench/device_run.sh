@@ -122,22 +122,6 @@ print('split keys $k: decode', [round(bench_decode(m, 128, 256), 1) for _ in ran
         python3 bench/ncu_step_summary.py "$OUT/ncu_step_$w.csv" | tee "$OUT/ncu_step_$w.txt" | head -n 24
         gzip -f "$OUT/ncu_step_$w.csv"
       done ;;
-    l2hints)
-      # Branch l2-hints: decode with and without the L2 prefetch of the next op's weights
-      # (GPT_OSS_C_NO_L2_HINTS=1 turns it off), then the CUDA MoE and engine tests with it on.
-      python3 -c "from gpt_oss_c.bench import scratch_checkpoint; scratch_checkpoint('20b', 'hf', None)" 2>&1 | tail -1
-      for h in 0 1 0 1; do
-        GPT_OSS_C_NO_L2_HINTS=$h timeout 90 python3 -c "
-import gpt_oss_c
-from gpt_oss_c.bench import bench_batch, bench_decode
-m = gpt_oss_c.load('/dev/shm/gpt_oss_c-bench-20b-hf', device='cuda', max_context=8192 + 512, max_batch=64)
-print('NO_L2_HINTS=$h decode', [round(bench_decode(m, 128, 256), 1) for _ in range(3)], '8K', round(bench_decode(m, 8192, 128, seed=3), 1),
-      'batch8', round(bench_batch(m, 8), 1), 'batch64', round(bench_batch(m, 64), 1))
-" 2>&1 | tail -n 1
-      done
-      timeout 200 python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda_moe_dense.py tests/python/test_engine.py \
-        tests/python/test_oracle.py tests/python/test_cuda_engine_replay.py -k cuda > "$OUT/l2hints_tests.log" 2>&1
-      echo "== l2 hints tests: $(tail -n 1 "$OUT/l2hints_tests.log")"; grep -E "^(FAILED|ERROR)" "$OUT/l2hints_tests.log" | head ;;
     ncu_prefill)
       # The prefill MoE (T = 2048, 20b shapes: the register-operand wgmma GEMM) under Nsight Compute:
       # is it tensor-, L2- or issue-bound? (kernel bench: 1155 us per layer on the H200.)

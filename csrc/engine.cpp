@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
 #include <map>
 #include <numeric>
 #include <set>
@@ -632,20 +631,6 @@ Status Engine::forward(const BatchDesc& b, int rows, bool sample) {
   // A longer chunk must append after attention: a later position of the chunk overwrites ring
   // entries of the sliding layers that earlier queries of the same chunk still read.
   const bool append_early = b.T == b.S;
-  // Steps of up to 128 tokens are weight-bound: each attention and MoE op carries the next dense
-  // weights (the output projection; the next layer's q/k/v, or its q when q, k, v are separate) as
-  // a PrefetchHint, so a backend can stream them into its cache while the short op runs.
-  static const bool no_hints = [] {
-    const char* v = std::getenv("GPT_OSS_C_NO_L2_HINTS");  // A/B runs: no prefetch hints
-    return v != nullptr && std::strcmp(v, "1") == 0;
-  }();
-  const bool hints = T <= 128 && !no_hints;
-  auto qkv_hint = [&](const LayerWeights& n) {
-    PrefetchHint h;
-    h.ptr = n.qkv_w != nullptr ? n.qkv_w : n.q_w;
-    h.bytes = size_t(n.qkv_w != nullptr ? QKV : Q) * size_t(H) * sizeof(bf16_t);
-    return h;
-  };
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const LayerWeights& w = layers_[size_t(l)];
     AttnInputParams ai;
@@ -678,7 +663,6 @@ Status Engine::forward(const BatchDesc& b, int rows, bool sample) {
     ap.cache = kv_[size_t(l)]; ap.sinks = w.sinks; ap.out = ws_.attn; ap.ldo = Q;
     ap.n_q = cfg_.n_q; ap.n_kv = cfg_.n_kv; ap.window = cfg_.sliding[size_t(l)] ? cfg_.sliding_window : 0;
     ap.scale = 1.0f / std::sqrt(float(kHeadDim));
-    if (hints) ap.prefetch = PrefetchHint{w.o_w, size_t(H) * size_t(Q) * sizeof(bf16_t)};
     GPTOSS_RETURN_IF_ERROR(be.attention(ap));
 
     if (!append_early) GPTOSS_RETURN_IF_ERROR(be.kv_append(kp));
@@ -706,7 +690,6 @@ Status Engine::forward(const BatchDesc& b, int rows, bool sample) {
     mp.y = ws_.x; mp.ldy = H; mp.T = T; mp.E = E; mp.k = K; mp.H = H; mp.I = cfg_.intermediate;
     mp.swiglu_alpha = cfg_.swiglu_alpha; mp.swiglu_limit = cfg_.swiglu_limit;
     mp.scales_below_128 = w.scales_below_128;
-    if (hints && l + 1 < cfg_.n_layers) mp.prefetch = qkv_hint(layers_[size_t(l) + 1]);
     GPTOSS_RETURN_IF_ERROR(be.moe(mp));
   }
   if (rows == 0) return Status::Ok();

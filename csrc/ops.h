@@ -126,13 +126,6 @@ struct RopeParams {
 // CPU (nothing is rounded), BF16 on CUDA (this step's keys and values are rounded to bf16 as the
 // cache will store them). A token then sees the same keys in this step as it will from the cache
 // later, and a prefill gives the same result in one chunk or several.
-// Weights a later op of the step will read (read-only bytes): a backend may pull them toward its
-// cache while the op that carries the hint runs. No effect on any result; empty = none.
-struct PrefetchHint {
-  const void* ptr = nullptr;
-  size_t bytes = 0;
-};
-
 struct AttentionParams {
   BatchDesc batch;
   const void* q = nullptr;  int ldq = 0;     // [T][n_q*64], after RoPE
@@ -145,7 +138,6 @@ struct AttentionParams {
   int n_q = 0, n_kv = 0;
   int window = 0;                            // 0: full causal
   float scale = 0.125f;
-  PrefetchHint prefetch;                     // e.g. the attention output projection's weights
 };
 
 // Writes this step's k/v into the cache at index pos % len, converting to the cache's type. When a sequence
@@ -195,7 +187,6 @@ struct MoEParams {
   // (~2^-7). A hint found at load time (mxfp4_scales_below_128); backends may take a cheaper exact
   // dequantisation with it, and must be right either way.
   bool scales_below_128 = false;
-  PrefetchHint prefetch;  // e.g. the next layer's q/k/v weights
 };
 
 // ---- fused op families ------------------------------------------------------------------------

@@ -41,7 +41,6 @@
 #include "attention.cuh"
 #include "cuda_check.cuh"
 #include "device_common.cuh"
-#include "l2_prefetch.cuh"
 #include "pdl.cuh"
 
 namespace gptoss {
@@ -363,10 +362,6 @@ __global__ void __launch_bounds__(kDecodeWarps * kWarpSize) bf16_sdpa_sink_d64_d
   const int sp = blockIdx.x, kvh = blockIdx.y, t = blockIdx.z;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int G = a.G;
-  // The next op's weights (the output projection) toward L2 while this short kernel runs.
-  prefetch_l2_share(p.prefetch.ptr, p.prefetch.bytes,
-                    (long(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x,
-                    long(gridDim.x) * gridDim.y * gridDim.z, threadIdx.x, blockDim.x);
   const int s = p.batch.tok_seq[t];
   // Uniform over the blocks of this (token, KV head), so a skipped group leaves its counter at 0.
   if (!sequence_ok(a, s, threadIdx.x == 0 && sp == 0 && kvh == 0)) return;

@@ -44,7 +44,6 @@
 
 #include "cuda_check.cuh"
 #include "device_common.cuh"
-#include "l2_prefetch.cuh"
 #include "mma_sm80.cuh"
 #include "pdl.cuh"
 #include "router_topk.cuh"
@@ -103,6 +102,7 @@ struct DenseArgs {
   uint32_t zero;   // always 0; the compiler cannot know it (see gemv_fence)
 };
 
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
 
 __device__ __forceinline__ void store_one(const DenseArgs& a, int t, int n, float v) {
   if (a.bias) v += a.bias[n];

@@ -21,8 +21,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -33,16 +31,6 @@
 
 namespace gptoss {
 namespace moe {
-
-// L2 prefetch of the MoE's own next weights (mlp1 -> its experts' mlp2), on unless
-// GPT_OSS_C_NO_L2_HINTS=1 (the A/B switch that also drops the engine's PrefetchHints).
-bool l2_hints() {
-  static const bool on = [] {
-    const char* v = std::getenv("GPT_OSS_C_NO_L2_HINTS");
-    return !(v && std::strcmp(v, "1") == 0);
-  }();
-  return on;
-}
 
 Status ensure_smem(const void* kernel, size_t bytes, const char* name) {
   int dev = 0;
@@ -198,16 +186,7 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
     g.bias = p.b1;
     g.R = 2 * p.I;
     g.K = p.H;
-    if (moe::l2_hints()) {  // mlp1 pulls its experts' mlp2 weights toward L2 for mlp2
-      const int w2_chunks = mxfp4_chunks(p.I / 32), w2_tiles = p.H / kMxfp4TileRows;
-      g.next_wb = p.w2_blocks;
-      g.next_ws = p.w2_scales;
-      g.next_wb_bytes = mxfp4_block_offset(size_t(w2_tiles), w2_chunks, 0);
-      g.next_ws_bytes = mxfp4_scale_offset(size_t(w2_tiles), w2_chunks, 0);
-    }
     GPTOSS_RETURN_IF_ERROR(moe::launch_stream(g, true, pdl, stream));
-    g.next_wb = g.next_ws = nullptr;
-    g.prefetch = p.prefetch;
     // mlp2: rows H, K = I, B = z rows of the slots; combine onto y.
     g.act = w.z;
     g.ld_act = p.I;
@@ -256,7 +235,6 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
   const moe::RouteView rv{w.expert_off, w.sorted_slot, w.tile_expert, w.tile_row0, w.n_tiles, max_tiles};
   auto run = [&](bool mlp1) {
     if (batch) {
-      g.prefetch = mlp1 ? PrefetchHint{} : p.prefetch;
       g.act = mlp1 ? a.act : w.z;
       g.ld_act = mlp1 ? a.ld_act : p.I;
       g.wb = a.wb;

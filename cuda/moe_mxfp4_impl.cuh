@@ -14,7 +14,6 @@
 
 #include "common.h"
 #include "mma_sm80.cuh"
-#include "l2_prefetch.cuh"
 #include "mxfp4_layout.cuh"
 #include "pdl.cuh"
 
@@ -85,8 +84,6 @@ __device__ __forceinline__ float swiglu(float glu, float lin, float alpha, float
 // Sets the kernel's dynamic shared memory limit to the device's opt-in maximum (once per kernel
 // and process) and checks that `bytes` fits under it.
 Status ensure_smem(const void* kernel, size_t bytes, const char* name);
-// GPT_OSS_C_NO_L2_HINTS=1 turns the MoE's own L2 prefetch off (A/B runs).
-bool l2_hints();
 
 // ---------------------------------------------------------------------------------------------
 // Streaming kernels: decode and batched decode (moe_mxfp4_stream.cu, moe_mxfp4_stream_batch.cu)
@@ -117,13 +114,6 @@ struct StreamArgs {
   int32_t* counters = nullptr;          // launch_stream: arrivals per mlp2 output tile (mlp2 reads, mlp1 zeroes)
   int n_counters = 0;                   // >= H / 16
   bool fast_scales = false;             // MoEParams::scales_below_128 (one multiply per dequantised pair)
-  // launch_stream's L2 prefetch: mlp1 pulls, per (expert, tile) group, its share of its expert's
-  // mlp2 codes and scales (next_wb / next_ws + e * next_*_bytes); mlp2 pulls `prefetch` (the
-  // MoEParams hint, e.g. the next layer's q/k/v weights), split over its blocks.
-  const uint8_t* next_wb = nullptr;
-  const uint8_t* next_ws = nullptr;
-  size_t next_wb_bytes = 0, next_ws_bytes = 0;  // per expert
-  PrefetchHint prefetch;
 };
 
 // moe_mxfp4_stream.cu: KS warps per (expert rank, 16-row tile), each over 1/KS of K, for T * k <=

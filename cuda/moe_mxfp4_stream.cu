@@ -134,17 +134,11 @@ __global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(Stre
       for (int i = int(threadIdx.x); i < a.n_counters; i += kStreamWarps * 32) a.counters[i] = 0;
     pdl_launch_dependents();
   }
-  // mlp2: the weights after this MoE (the next layer's q/k/v) toward L2, split over all blocks.
-  if (!kMlp1) prefetch_l2_share(a.prefetch.ptr, a.prefetch.bytes, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x);
   // expert_idx was written before mlp1 started (the router), so mlp2 may read it before pdl_wait.
   // All KS warps of a group see the same expert, so they leave (or not) together.
   const WarpExpert we = warp_expert(a.expert_idx, S, a.E, item / tiles, lane);
   if (we.e < 0) return;  // group-uniform; only the group's named barrier follows
   const int tile = item % tiles;
-  if (kMlp1) {  // this group's share of its expert's mlp2 weights, which mlp2 reads next
-    prefetch_l2_share(a.next_wb + size_t(we.e) * a.next_wb_bytes, a.next_wb_bytes, tile, tiles, ks * 32 + lane, KS * 32);
-    prefetch_l2_share(a.next_ws + size_t(we.e) * a.next_ws_bytes, a.next_ws_bytes, tile, tiles, ks * 32 + lane, KS * 32);
-  }
   const int chunks = mxfp4_chunks(a.K / 32);
   const int c0 = ks * chunks / KS, nc = (ks + 1) * chunks / KS - c0;  // this warp's chunks
   const size_t gtile = size_t(we.e) * tiles + tile;

@@ -43,10 +43,6 @@ __global__ void __launch_bounds__(kThreads) bf16_mxfp4w_moe_stream_batch(StreamA
   extern __shared__ __align__(16) uint8_t smem[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, r = lane >> 2, c = lane & 3;
   if (kMlp1) pdl_launch_dependents();  // mlp2 may start; it waits (pdl_wait) before reading z
-  // mlp2: the weights after this MoE (the next layer's q/k/v) toward L2, split over all blocks.
-  if (!kMlp1)
-    prefetch_l2_share(a.prefetch.ptr, a.prefetch.bytes, long(blockIdx.y) * gridDim.x + blockIdx.x,
-                      long(gridDim.x) * gridDim.y, tid, kThreads);
   // The route tables were written before mlp1 started, so mlp2 may read them before pdl_wait.
   const int rt = blockIdx.y;
   if (rt >= __ldg(rv.n_tiles)) return;  // block-uniform
