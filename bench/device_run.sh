@@ -65,14 +65,6 @@ for stage in "$@"; do
         timeout 300 python3 bench/cuda_kernels.py --out "$OUT" > "$OUT/kbench.log" 2>&1; echo "== kbench rc=$?"
         cat "$OUT/kbench.log" | cut -c1-110 | head -60
       fi ;;
-    fusedtok)
-      # Branch fused-tokens: the fused norm prologue a warp per token (T > 1) and the router top-k
-      # from staged shared-memory logits; the fused-op tests and the fused kernel-bench cases.
-      mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
-      timeout 200 python3 -m pytest -q -p no:cacheprovider tests/python/test_fused_ops.py tests/python/test_cuda_backend.py \
-        -k "cuda and (router or moe_input or attn_input)" > "$OUT/fusedtok_tests.log" 2>&1
-      echo "== fused-token tests: $(tail -n 1 "$OUT/fusedtok_tests.log")"; grep -E "^(FAILED|ERROR)" "$OUT/fusedtok_tests.log" | head
-      timeout 60 build/bench/cuda_kernels 20 fused > "$OUT/fusedtok_bench.log" 2>&1; cut -c1-100 "$OUT/fusedtok_bench.log" | grep fused ;;
     sanitize)
       # memcheck over the kernel tests (minus the deliberate out-of-memory test, whose failed cudaMalloc
       # the tool counts as an error), racecheck over the small-shape tests of the shared-memory kernels.
@@ -92,23 +84,17 @@ for stage in "$@"; do
       echo "== opcost batch 1 rc=$?"; cat "$OUT/opcost_b1.log" | tail -n 14
       timeout 240 python3 bench/op_cost.py /dev/shm/gpt_oss_c-bench-20b-hf --batch 64 --runs 2 > "$OUT/opcost_b64.log" 2>&1
       echo "== opcost batch 64 rc=$?"; cat "$OUT/opcost_b64.log" | tail -n 16 ;;
-    attnsplit)
-      # Branch attn-splits: keys per decode-attention split (GPT_OSS_C_ATTN_SPLIT_KEYS; 64 is about
-      # the old split sizes without the empty blocks), kernel bench, CUDA attention tests, decode.
-      mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
-      for k in 64 128 256 512; do
-        GPT_OSS_C_ATTN_SPLIT_KEYS=$k timeout 60 build/bench/cuda_kernels 20 attention > "$OUT/attnsplit_$k.log" 2>&1
-        echo "== split keys $k: $(grep -o '"shape": "[^"]*", "us": [0-9.]*' "$OUT/attnsplit_$k.log" | sed 's/"shape": //; s/"us": //' | tr '\n' ' ')"
-      done
-      timeout 200 python3 -m pytest -q -p no:cacheprovider tests/python/test_cuda_backend.py -k attention > "$OUT/attnsplit_tests.log" 2>&1
-      echo "== attention tests: $(tail -n 1 "$OUT/attnsplit_tests.log")"
+    quick)
+      # Whole-model numbers in a minute (decode at batch 1 three times, at 8K context, batch 8 and 64),
+      # for an A/B: QUICK_AB lists environment settings, one run each ("-": the defaults).
       python3 -c "from gpt_oss_c.bench import scratch_checkpoint; scratch_checkpoint('20b', 'hf', None)" 2>&1 | tail -1
-      for k in 64 128 256; do
-        GPT_OSS_C_ATTN_SPLIT_KEYS=$k timeout 60 python3 -c "
+      for ab in ${QUICK_AB:--}; do
+        env $([ "$ab" = - ] || echo "$ab") timeout 90 python3 -c "
 import gpt_oss_c
-from gpt_oss_c.bench import bench_decode
-m = gpt_oss_c.load('/dev/shm/gpt_oss_c-bench-20b-hf', device='cuda', max_context=8192 + 512)
-print('split keys $k: decode', [round(bench_decode(m, 128, 256), 1) for _ in range(3)], 'at 8K', round(bench_decode(m, 8192, 128, seed=3), 1))
+from gpt_oss_c.bench import bench_batch, bench_decode
+m = gpt_oss_c.load('/dev/shm/gpt_oss_c-bench-20b-hf', device='cuda', max_context=8192 + 512, max_batch=64)
+print('$ab decode', [round(bench_decode(m, 128, 256), 1) for _ in range(3)], '8K', round(bench_decode(m, 8192, 128, seed=3), 1),
+      'batch8', round(bench_batch(m, 8), 1), 'batch64', round(bench_batch(m, 64), 1))
 " 2>&1 | tail -n 1
       done ;;
     ncu_step)

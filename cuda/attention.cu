@@ -23,8 +23,8 @@
 //  * decode: one block per (split, KV head, token), rows
 //    = the G heads of that token (rows G..15 idle). The launch has `splits` blocks per (token, KV
 //    head), enough for the longest context the step can see (the decode graph is replayed at every
-//    position); a token uses one per split_keys of its visible keys, so a single long sequence still
-//    fills the GPU, and the rest leave at once. The 4 warps of a block take interleaved 16-key tiles
+//    position); a token uses splits_for_keys() of them, so a single long sequence still fills the
+//    GPU, and the rest leave at once. The 4 warps of a block take interleaved 16-key tiles
 //    of its chunk, then merge their states in shared memory. A token with one split writes its output
 //    directly; with more, every split writes an (m, l, o) partial to the workspace and the last block
 //    to arrive (per-token, per-head arrival counter) merges them with the sink; no second launch.
@@ -36,7 +36,6 @@
 // the SM count][partial o: f32 [T][n_q][splits][64]][partial (m, l): float2 [T][n_q][splits]].
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 
 #include "attention.cuh"
 #include "cuda_check.cuh"
@@ -51,12 +50,15 @@ constexpr int kChunks = 8;            // 16-byte chunks in one 64-dim bf16 row
 constexpr int kMaxGroup = 16;         // query heads per KV head: one m16 row block
 constexpr int kDecodeWarps = 4;
 constexpr int kDecodeKeys = 16;       // keys per warp tile in decode
-constexpr int kMaxSplits = 64;
-constexpr int kMinKeysPerSplit = kDecodeWarps * kDecodeKeys;  // one tile per warp
-// Keys per decode split (GPT_OSS_C_ATTN_SPLIT_KEYS, >= kMinKeysPerSplit): a token whose visible keys
-// fit one split (every sliding-window layer; full layers early in a generation) is attended by one
-// block per KV head that writes its output directly, with no partials, counter or merge pass.
-constexpr int kDefaultSplitKeys = 128;
+constexpr int kMaxSplits = 32;
+// Decode splits per token (measured on an H200, bench/NOTES.md session 5): a merge pass (partials,
+// fence, arrival counter, re-read) costs ~4 us, a 16-key tile per warp ~1 us. So a token with up to
+// kOneSplitKeys visible keys (every sliding-window layer; full layers early in a generation) is
+// attended by one block per KV head that writes its output directly; longer ranges take one split
+// per kKeysPerSplit keys, at most kMaxSplits (32 x 256 keys beat 49 x 168 at 8K keys: 21.5 vs 25.9 us).
+constexpr int kOneSplitKeys = 384;
+constexpr int kKeysPerSplit = 128;
+static_assert(kOneSplitKeys >= kKeysPerSplit && kKeysPerSplit % (kDecodeWarps * kDecodeKeys) == 0, "split sizes");
 constexpr int kPrefillWarps = 4;
 constexpr int kBM = 16 * kPrefillWarps;  // rows per prefill block
 constexpr int kBN = 64;                  // keys per prefill tile
@@ -65,7 +67,6 @@ struct AttnArgs {
   AttentionParams p;
   int G;              // query heads per KV head
   int splits;         // decode: blocks per (token, KV head), for the longest context of the step
-  int split_keys;     // decode: keys per split; a token uses ceil(keys / split_keys) <= splits of them
   float scale_log2;   // scale * log2(e)
   unsigned* counters; // decode, splits > 1
   float* part_o;
@@ -76,21 +77,17 @@ struct AttnArgs {
 // Host-side sizing of the decode grid and its workspace.
 int decode_target_blocks(int num_sms) { return 3 * (num_sms > 0 ? num_sms : 1); }
 
-int split_keys() {
-  static const int v = [] {
-    const char* e = std::getenv("GPT_OSS_C_ATTN_SPLIT_KEYS");
-    const int k = e ? std::atoi(e) : kDefaultSplitKeys;
-    return k >= kMinKeysPerSplit ? k : kDefaultSplitKeys;
-  }();
-  return v;
+__host__ __device__ constexpr int splits_for_keys(long long keys) {
+  return keys <= kOneSplitKeys                         ? 1
+         : keys > (long long)kMaxSplits * kKeysPerSplit ? kMaxSplits
+                                                        : int((keys + kKeysPerSplit - 1) / kKeysPerSplit);
 }
 
-// Splits of each token's key range: enough blocks for ~3 per SM, at most one per split_keys() keys.
+// Splits of each token's key range: enough blocks for ~3 per SM, at most splits_for_keys(max_keys).
 int decode_splits(int T, int n_kv, long long max_keys, int num_sms) {
   const int base = T * n_kv, target = decode_target_blocks(num_sms);
   if (base >= target) return 1;
-  const long long by_keys = (max_keys + split_keys() - 1) / split_keys();
-  return int(std::max(1ll, std::min({(long long)ceil_div(target, base), by_keys, (long long)kMaxSplits})));
+  return std::max(1, std::min(ceil_div(target, base), splits_for_keys(max_keys)));
 }
 
 size_t align256(size_t b) { return (b + 255) / 256 * 256; }
@@ -368,11 +365,11 @@ __global__ void __launch_bounds__(kDecodeWarps * kWarpSize) bf16_sdpa_sink_d64_d
   const int pos = p.batch.tok_pos[t];
   const KVRows kv = kv_rows(p, s, kvh);
   const int lo = p.window > 0 ? max(0, pos - p.window + 1) : 0;
-  // This token's splits: one per split_keys visible keys, at most the launch's (sized for the
+  // This token's splits: splits_for_keys of its visible keys, at most the launch's (sized for the
   // longest context the step may see); the other blocks of the token leave at once. Whole 16-key
   // tiles per split (the last split may come out empty and then publishes only m = -inf).
   const int keys = pos - lo + 1;
-  const int nsplit = min(a.splits, max(1, ceil_div(keys, a.split_keys)));
+  const int nsplit = min(a.splits, splits_for_keys(keys));
   if (sp >= nsplit) return;
   const int chunk = ceil_div(ceil_div(keys, nsplit), kDecodeKeys) * kDecodeKeys;
   const int kb = lo + sp * chunk;
@@ -691,7 +688,6 @@ Status launch_attention(const AttentionParams& p, const AttentionWorkspace& ws, 
   a.p = p;
   a.G = p.n_q / p.n_kv;
   a.splits = 1;
-  a.split_keys = split_keys();
   a.scale_log2 = p.scale * kLog2e;
   a.errors = ws.errors;
   if (use_decode_kernel(b)) {
