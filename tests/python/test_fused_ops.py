@@ -2,12 +2,15 @@
 moe_input (rmsnorm -> router -> top-k).
 
 On the CPU they are the composition of the single ops (Backend's default), checked against the
-float64 references of tests/reference.py at f32 tolerance. On CUDA, steps of <= 8 tokens run one
-fused kernel (cuda/dense_bf16.cu: the norm in every block's prologue, the GEMV, then the RoPE / KV
-append or the top-k in its epilogue); 9+ tokens run the composition. CUDA is checked against the
-same ops run one by one on CUDA (the engine's unfused path: bf16 at every op boundary):
-  * xn: for one token the fused prologue repeats f32_rmsnorm's loop and reduction order, for
-    several a warp per token sums in another order; two roundings of nearly equal values are at
+float64 references of tests/reference.py at f32 tolerance. On CUDA, attn_input steps of <= 8 tokens
+run one fused kernel (cuda/dense_bf16.cu: the norm in every block's prologue, the GEMV, then the
+RoPE / KV append in its epilogue), larger ones the composition; moe_input steps of <= 128 tokens
+(E <= 128) run the thread-block-cluster kernel on sm_90 (cuda/moe_input_cluster.cu: chunks of 16
+tokens, so 17 and 64 cross chunks), elsewhere the GEMV fusion with the top-k in its epilogue for
+<= 8 tokens. CUDA is checked against the same ops run one by one on CUDA (the engine's unfused
+path: bf16 at every op boundary):
+  * xn: the GEMV prologue repeats f32_rmsnorm's loop and reduction order for one token; for
+    several, and in the cluster kernel, the sum of squares runs in another order; two roundings of nearly equal values are at
     most one ulp apart (2 x 2^-8 relative);
   * q/k/v: the GEMV's f32 sums may be split differently, so a pre-RoPE value may round to the
     neighbouring bf16 (one ulp), which RoPE mixes with the pair's other value:
@@ -17,8 +20,8 @@ same ops run one by one on CUDA (the engine's unfused path: bf16 at every op bou
   * router logits: f32 sums in another order, 2 x 2^-16 of sum |x w| + |b| (+ any xn ulp times
     |w|); the top-k is exact on the fused kernel's own logits (except exact ties); weights 1e-5
     relative.
-Shapes: the 20b layer (H = 2880, 64/8 heads, 32 experts, top-4) and odd small ones; T = 1, 3, 8
-(fused) and 9 (composition).
+Shapes: the 20b layer (H = 2880, 64/8 heads, 32 experts, top-4), the 120b router (128 experts) and
+odd small ones; T = 1, 2, 3, 8, 9, 17, 64.
 """
 from __future__ import annotations
 
@@ -130,7 +133,7 @@ def test_cuda_attn_input_fused_matches_op_by_op(T, H, n_q, n_kv):
     Q, R = n_q * 64, (n_q + n_kv) * 64
     q1, k1 = ops.rope(y1[:, :Q], y1[:, Q:R], pos, cos, sin, device="cuda")
     out1 = np.concatenate([q1, k1, y1[:, R:]], axis=1)
-    path = "fused kernel" if T <= 8 else "composition"
+    path = "fused" if T <= 128 else "composition"
     ref.check(xn, xn1, 2 * BF16_U * np.abs(xn1), f"attn_input xn ({path}) T={T} H={H}")
     wf = ref.bf16_bits_to_f32(w).astype(np.float64)
     mag = pair_sum(np.abs(np.asarray(xn1, np.float64)) @ np.abs(wf).T + np.abs(b))
@@ -174,7 +177,7 @@ def check_topk(idx, wts, logits, bound, k, what):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("T", [1, 3, 8, 9])
+@pytest.mark.parametrize("T", [1, 3, 8, 9, 17])
 @pytest.mark.parametrize("H,E,k", [(2880, 32, 4), (96, 128, 4), (160, 7, 3), (64, 256, 8)])
 def test_moe_input_matches_reference(device, T, H, E, k):
     x, nw, w, b = moe_case(T, H, E)
@@ -192,14 +195,14 @@ def test_moe_input_matches_reference(device, T, H, E, k):
 
 
 @needs_cuda
-@pytest.mark.parametrize("T", [1, 2, 8, 9])
-@pytest.mark.parametrize("H,E,k", [(2880, 32, 4), (2880, 128, 4), (96, 33, 5)])
+@pytest.mark.parametrize("T", [1, 2, 8, 9, 17, 64])
+@pytest.mark.parametrize("H,E,k", [(2880, 32, 4), (2880, 128, 4), (96, 33, 5), (40, 7, 3)])
 def test_cuda_moe_input_fused_matches_op_by_op(T, H, E, k):
     x, nw, w, b = moe_case(T, H, E, seed=1)
     xn, logits, idx, wts = ops.moe_input(x, nw, w, b, k, device="cuda")
     xn1 = ops.rmsnorm(x, nw, device="cuda")
     lg1 = ops.dense(xn1, w, bias=b, f32_out=True, device="cuda")
-    path = "fused kernel" if T <= 8 else "composition"
+    path = "fused" if T <= 128 else "composition"
     ref.check(xn, xn1, 2 * BF16_U * np.abs(xn1), f"moe_input xn ({path}) T={T}")
     wf = ref.bf16_bits_to_f32(w).astype(np.float64)
     mag = np.abs(np.asarray(xn1, np.float64)) @ np.abs(wf).T + np.abs(b)
