@@ -22,7 +22,8 @@
 //      - rope: tile m holds rows 64h + 8j + (0..7) and the same + 32 (h = m / 4, j = m % 4), so the
 //        lane holding row i of a head also holds row i + 32: bias, bf16 rounding, the YaRN rotation
 //        and the KV append happen in the epilogue;
-//      - top-k: the warp that finishes the last tile runs the router top-k over all logits.
+//      - top-k: the warp that finishes the last tile runs the router top-k over all logits (the
+//        moe_input fusion of devices without clusters; sm_90 takes cuda/moe_input_cluster.cu).
 //    Before its first read of anything an earlier kernel wrote, the GEMV prefetches its first
 //    weight lines into L2 and waits on the grid dependency (programmatic dependent launch: the
 //    kernel may start while its predecessor is finishing).

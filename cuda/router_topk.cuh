@@ -1,6 +1,6 @@
 // Router top-k + softmax on the GPU (cuda/router_topk.cu). Semantics: RouterParams in csrc/ops.h.
-// The per-token warp routine lives here too, so that the fused router GEMV (cuda/dense_bf16.cu)
-// selects experts with exactly the same code as the standalone op.
+// The per-token warp routine lives here too, so that the fused routers (cuda/dense_bf16.cu,
+// cuda/moe_input_cluster.cu) select experts with exactly the same code as the standalone op.
 #pragma once
 
 #include <cuda_runtime.h>
