@@ -293,9 +293,10 @@ Status launch_stream_d(const StreamArgs& a, bool pdl, cudaStream_t stream) {
 }  // namespace
 
 // Floors (gpt-oss-20b, T = 1, H200 ~4.2 TB/s): 52.9 MB of weights per layer -> 12.6 us for both
-// launches. Issue: ~85 warp instructions per chunk (1,024 weights; ~60 of them dequantisation), 97k
-// warp-chunks per layer -> ~8 us at one instruction per scheduler and cycle, so the dequantisation
-// must overlap the loads well to stay under the memory floor.
+// launches. Issue (ncu source counters, session 5): mlp1 ran 11.1M warp instructions -- 93 per
+// chunk iteration (1,024 weights), ~120 with the refill, and ~600 once per warp (5,760 warps of ~11
+// chunks each) -- i.e. ~11 us at 4 instructions per SM and cycle: the kernel is issue-bound before
+// it is bandwidth-bound (2.6 IPC, 36% of DRAM bandwidth; 21.3 us).
 Status launch_stream(const StreamArgs& a, bool mlp1, bool pdl, cudaStream_t stream) {
   const int S = a.T * a.k;
   if (S < 1 || S > kStreamMaxSlots || a.E < 1 || a.E > kRouteMaxExperts)
