@@ -108,6 +108,18 @@ print('$ab decode', [round(bench_decode(m, 128, 256), 1) for _ in range(3)], '8K
         python3 bench/ncu_step_summary.py "$OUT/ncu_step_$w.csv" | tee "$OUT/ncu_step_$w.txt" | head -n 24
         gzip -f "$OUT/ncu_step_$w.csv"
       done ;;
+    ncu_src)
+      # One kernel family of the kernel bench under ncu --set full with SASS source counters
+      # (bench/ncu_source_summary.py: instructions by execution count, the most stalled lines).
+      # NCU_KERNEL: kernel-name regex; NCU_ARGS: the kernel-bench arguments (caches flushed per kernel).
+      mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
+      timeout 240 ncu --clock-control none --set full -k "regex:${NCU_KERNEL:-moe_stream}" --launch-count ${NCU_COUNT:-2} \
+        -o "$OUT/ncu_src" build/bench/cuda_kernels ${NCU_ARGS:-1 moe:1} > "$OUT/ncu_src_run.log" 2>&1
+      echo "== ncu_src rc=$?"
+      ncu --import "$OUT/ncu_src.ncu-rep" --page details > "$OUT/ncu_src_details.txt" 2>&1
+      ncu --import "$OUT/ncu_src.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_src.csv" 2>> "$OUT/ncu_src_run.log"
+      python3 bench/ncu_source_summary.py "$OUT/ncu_src.csv" --top 10 | tee "$OUT/ncu_src_summary.txt" | head -n 60
+      gzip -f "$OUT/ncu_src.csv"; rm -f "$OUT/ncu_src.ncu-rep" ;;
     ncu_prefill)
       # The prefill MoE (T = 2048, 20b shapes: the register-operand wgmma GEMM) under Nsight Compute:
       # is it tensor-, L2- or issue-bound? (kernel bench: 1155 us per layer on the H200.)
