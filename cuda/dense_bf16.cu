@@ -632,7 +632,6 @@ __global__ void __launch_bounds__(WM * WN * 32) bf16_dense_gemm_mma(DenseArgs a)
 // ---------------------------------------------------------------------------------------------
 namespace {
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 constexpr int kGemvU = 2;                     // chunks per load group: <= ~100 registers, 2-3 blocks per SM
 constexpr int kXsMaxBytes = 64 * 1024;        // fused-norm x in shared memory (T = 8 at K = 2880: 46.6 KB)
@@ -776,7 +775,7 @@ bool norm_dense_fusable(const RMSNormParams& n, const DenseParams& d) {
   return T >= 1 && T <= 8 && n.T == T && n.rows == nullptr && n.out_type == DType::BF16 && d.x_type == DType::BF16 &&
          !d.accumulate && d.x == n.out && d.ldx == n.ldo && d.K == n.H && d.K > 0 && d.K % 32 == 0 &&
          T * gemv_xs_row_bytes(d.K) <= kXsMaxBytes && n.x && n.w && n.out && d.w && d.y && n.ldx % 4 == 0 &&
-         n.ldx >= n.H && n.ldo % 4 == 0 && n.ldo >= n.H && aligned16(n.x) && aligned16(n.w) && aligned16(d.w) &&
+         n.ldx >= n.H && n.ldo % 4 == 0 && n.ldo >= n.H && aligned_to(n.x, 16) && aligned_to(n.w, 16) && aligned_to(d.w, 16) &&
          (reinterpret_cast<uintptr_t>(n.out) & 7u) == 0 && d.ldy >= d.N && d.N > 0;
 }
 
@@ -816,7 +815,7 @@ Status launch_dense_bf16(const DenseParams& p, const DenseWorkspace& ws, cudaStr
 
   const DenseArgs a = dense_args(p);
   // The tensor-core kernels read 16-byte pieces of whole 32-wide k halves.
-  if (p.K % 32 != 0 || p.ldx % 8 != 0 || !aligned16(p.x) || !aligned16(p.w)) {
+  if (p.K % 32 != 0 || p.ldx % 8 != 0 || !aligned_to(p.x, 16) || !aligned_to(p.w, 16)) {
     const dim3 grid((p.N + 7) / 8, std::min(p.T, 65535));
     bf16_dense_generic<<<grid, 256, 0, stream>>>(a);
     GPTOSS_CUDA_LAUNCH_CHECK("bf16_dense_generic");

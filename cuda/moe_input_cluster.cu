@@ -199,8 +199,6 @@ __global__ void __launch_bounds__(kThreads) moe_input_cluster(ClusterArgs a) {
 #endif
 }
 
-bool aligned(const void* p, uintptr_t n) { return (reinterpret_cast<uintptr_t>(p) & (n - 1)) == 0; }
-
 // An sm_90+ device, this kernel built as sm_90 code (not compute_80 PTX JIT-compiled for it), and
 // no GPT_OSS_C_FORCE_PORTABLE=1.
 bool cluster_kernel_available() {
@@ -257,8 +255,8 @@ bool moe_input_cluster_fits(const MoEInputParams& p) {
   const bool layout = n.out_type == DType::BF16 && d.x_type == DType::BF16 && d.y_type == DType::F32 &&
                       !d.accumulate && d.x == n.out && d.ldx == n.ldo && r.logits == d.y && r.ldl == d.ldy &&
                       d.ldy >= d.N && n.ldx >= n.H && n.ldx % 4 == 0 && n.ldo >= n.H && n.ldo % 4 == 0 && n.x &&
-                      n.w && n.out && d.w && d.y && r.expert_idx && r.expert_w && aligned(n.x, 16) &&
-                      aligned(n.w, 16) && aligned(d.w, 16) && aligned(n.out, 8) && aligned(d.y, 4);
+                      n.w && n.out && d.w && d.y && r.expert_idx && r.expert_w && aligned_to(n.x, 16) &&
+                      aligned_to(n.w, 16) && aligned_to(d.w, 16) && aligned_to(n.out, 8) && aligned_to(d.y, 4);
   if (!shape || !layout) return false;
   const ClusterArgs a = cluster_args(p);
   return smem_layout(a.E, a.nv_max, a.ws_stride, a.P).bytes <= size_t(kMaxSmem) && cluster_kernel_available();

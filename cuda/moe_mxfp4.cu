@@ -26,6 +26,7 @@
 #include <unordered_map>
 
 #include "cuda_check.cuh"
+#include "device_common.cuh"
 #include "expert_route.cuh"
 #include "moe_mxfp4_impl.cuh"
 
@@ -111,8 +112,6 @@ size_t workspace_layout(size_t S, size_t E, size_t H, size_t I, char* base, MoeW
   return off;
 }
 
-bool aligned(const void* p, size_t n) { return (reinterpret_cast<uintptr_t>(p) % n) == 0; }
-
 // The StreamArgs fields both streaming paths (moe_mxfp4_stream.cu, moe_mxfp4_stream_batch.cu)
 // share; the caller sets the per-launch operands.
 moe::StreamArgs stream_args(const MoEParams& p, const MoeWorkspace& w) {
@@ -157,17 +156,17 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
   if (!p.x || !p.expert_idx || !p.expert_w || !p.w1_blocks || !p.w1_scales || !p.b1 || !p.w2_blocks ||
       !p.w2_scales || !p.b2 || !p.y)
     return make_error(StatusCode::InvalidArgument, "moe: null input" + shape);
-  if (p.ldx < p.H || p.ldx % 8 != 0 || !aligned(p.x, 16))
+  if (p.ldx < p.H || p.ldx % 8 != 0 || !aligned_to(p.x, 16))
     return make_error(StatusCode::InvalidArgument,
                       "moe: x must be 16-byte aligned with ldx >= H and ldx % 8 == 0, got ldx=" + std::to_string(p.ldx) + shape);
   if (p.ldy < p.H) return make_error(StatusCode::InvalidArgument, "moe: ldy=" + std::to_string(p.ldy) + " < H" + shape);
-  if (!aligned(p.w1_blocks, 16) || !aligned(p.w2_blocks, 16) || !aligned(p.w1_scales, 16) || !aligned(p.w2_scales, 16))
+  if (!aligned_to(p.w1_blocks, 16) || !aligned_to(p.w2_blocks, 16) || !aligned_to(p.w1_scales, 16) || !aligned_to(p.w2_scales, 16))
     return make_error(StatusCode::InvalidArgument, "moe: MXFP4 blocks and scales must be 16-byte aligned" + shape);
 
   const size_t S = size_t(p.T) * size_t(p.k);
   if (S > size_t(1) << 30) return make_error(StatusCode::InvalidArgument, "moe: too many slots" + shape);
   const size_t need = workspace_layout(S, size_t(p.E), size_t(p.H), size_t(p.I), nullptr, nullptr);
-  if (!workspace || !aligned(workspace, 16))
+  if (!workspace || !aligned_to(workspace, 16))
     return make_error(StatusCode::InvalidArgument, "moe: the workspace must be a 16-byte aligned device buffer" + shape);
   if (workspace_bytes < need)
     return make_error(StatusCode::InvalidArgument, "moe: workspace of " + std::to_string(workspace_bytes) +
