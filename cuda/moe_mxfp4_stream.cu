@@ -19,8 +19,9 @@
 // Per warp: lane i reads slot i's expert (S <= 32), the warp finds the rank-th smallest distinct
 // expert e and the mask of its slots (slot order = lane order); B columns are the slots (8 per pass;
 // a second pass re-streams the tile, which only happens when one expert has > 8 slots). Lanes whose
-// column is past the expert's slot count copy no activations: their mma columns read stale shared
-// memory and are never stored (mma output columns are independent).
+// column is past the expert's slot count copy no activations (zeros in the main loop): their mma
+// columns read zeros or stale shared memory and are never stored (mma output columns are
+// independent).
 // Both launches use programmatic dependent launch (when the backend does): mlp1 waits for the
 // router (pdl_wait) before anything else, so only its launch overlaps the router's tail; mlp2 puts
 // its first weight chunks in flight, then waits for mlp1 before reading z and the counters mlp1
@@ -116,7 +117,7 @@ __device__ __forceinline__ void named_barrier(int id, int threads) {
 }
 
 template <bool kMlp1, bool kFast, int D>
-__global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(StreamArgs a, int KS) {
+__global__ void __launch_bounds__(kStreamWarps * 32, 4) bf16_mxfp4w_moe_stream(StreamArgs a, int KS) {
   static_assert((D & (D - 1)) == 0, "ring depth: a power of two");
   extern __shared__ __align__(16) uint8_t smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, r = lane >> 2, c = lane & 3;
@@ -147,7 +148,7 @@ __global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(Stre
   const uint32_t my_w = ring + 16 * lane, my_s = ring + kStageScale + 4 * lane, my_b = ring + kStageB + 16 * lane;
 
   for (int p0 = 0; p0 < we.n; p0 += 8) {
-    // B column r of this pass is slot nth(p0 + r); lanes past the slot count copy nothing.
+    // B column r of this pass is slot nth(p0 + r); lanes past the slot count read no activations.
     const bool has_col = p0 + r < we.n;
     const int slot = nth_set_bit(we.slots, has_col ? p0 + r : p0);
     const bf16_t* brow = a.act + size_t(kMlp1 ? slot / a.k : slot) * a.ld_act + 8 * c + 64 * c0;
@@ -174,28 +175,30 @@ __global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(Stre
       tc::cp_async_commit();
     }
 
-    // Sources of the next local chunk to issue (jn = j + D - 1), advanced by one chunk per iteration.
-    const uint8_t* wn = wsrc + (D - 1) * kMxfp4ChunkBytes;
-    const uint8_t* sn = ssrc + (D - 1) * kMxfp4ScaleChunkBytes;
-    const bf16_t* bn = brow + 64 * (D - 1);
+    // One step consumes local chunk j from stage j % D after refilling the stage chunk j - 1 freed
+    // with chunk j + D - 1 (when `refill`; one commit group per step either way). (ncu, session 5:
+    // the rolled loop spent ~50 of its ~120 instructions per chunk on ring indices, pointer updates
+    // and bounds tests.)
+    // Chunks whose second k32 block exists: all but possibly the warp's last (K % 64 == 32).
+    const int nc_hi = 64 * (c0 + nc - 1) + 32 < a.K ? nc : nc - 1;
     float acc0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, acc1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int j = 0; j < nc; ++j) {
-      const int jn = j + D - 1;  // refills the stage consumed in iteration j - 1
-      if (jn < nc) {
-        const uint32_t st = uint32_t((jn & (D - 1)) * kStageBytes);
-        tc::cp_async_16(my_w + st, wn, true);
-        tc::cp_async_4(my_s + st, sn);
-        if (has_col) {
-          tc::cp_async_16(my_b + st, bn, true);
-          if (64 * (c0 + jn) + 32 < a.K) tc::cp_async_16(my_b + st + 512, bn + 32, true);
-        }
+    // w / s / b: the sources of chunk jn = j + D - 1 (read only when `refill`).
+    // The refill's four copies form one branch-free block: lanes without a column, and the k32 block
+    // past K, copy 0 bytes (zero-fill from a mapped address) instead of branching around the copy
+    // (nvcc pads the start of every block that issues cp.async with three never-executed LDS).
+    auto step = [&](int j, int stage, bool refill, bool has_hi, const uint8_t* w_src, const uint8_t* s_src,
+                    const bf16_t* b_src) {
+      if (refill) {
+        const uint32_t st = uint32_t(((stage + D - 1) & (D - 1)) * kStageBytes);
+        const bool hi = has_col && j + D - 1 < nc_hi;
+        tc::cp_async_16(my_w + st, w_src, true);
+        tc::cp_async_4(my_s + st, s_src);
+        tc::cp_async_16(my_b + st, b_src, has_col);
+        tc::cp_async_16(my_b + st + 512, hi ? b_src + 32 : b_src, hi);
       }
       tc::cp_async_commit();
-      wn += kMxfp4ChunkBytes;
-      sn += kMxfp4ScaleChunkBytes;
-      bn += 64;
       tc::cp_async_wait<D - 1>();
-      const uint32_t st = uint32_t((j & (D - 1)) * kStageBytes);
+      const uint32_t st = uint32_t(stage * kStageBytes);
       const uint4 w = tc::lds_128(my_w + st);
       const uint32_t sw = tc::lds_32(my_s + st);
       const uint4 b0 = tc::lds_128(my_b + st);
@@ -204,12 +207,29 @@ __global__ void __launch_bounds__(kStreamWarps * 32) bf16_mxfp4w_moe_stream(Stre
       // Two accumulators: the halves' mma chains are independent.
       tc::mma_bf16_16816(acc0, A[0][0], A[0][1], A[0][2], A[0][3], tc::word(b0, 0), tc::word(b0, 1));
       tc::mma_bf16_16816(acc0, A[1][0], A[1][1], A[1][2], A[1][3], tc::word(b0, 2), tc::word(b0, 3));
-      if (64 * (c0 + j) + 32 < a.K) {  // the chunk's second k32 block exists
+      if (has_hi) {
         const uint4 b1 = tc::lds_128(my_b + st + 512);
         tc::mma_bf16_16816(acc1, A[2][0], A[2][1], A[2][2], A[2][3], tc::word(b1, 0), tc::word(b1, 1));
         tc::mma_bf16_16816(acc1, A[3][0], A[3][1], A[3][2], A[3][3], tc::word(b1, 2), tc::word(b1, 3));
       }
+    };
+    // Main loop: D steps at a time with every refill in range (j0 + 2D - 2 < nc; then every consumed
+    // chunk j <= nc - 2 has both k32 blocks), so the stages and the source offsets from the block's
+    // base pointers are compile-time constants.
+    int j0 = 0;
+    const uint8_t* wblk = wsrc + (D - 1) * kMxfp4ChunkBytes;
+    const uint8_t* sblk = ssrc + (D - 1) * kMxfp4ScaleChunkBytes;
+    const bf16_t* bblk = brow + 64 * (D - 1);
+    for (; j0 + 2 * D - 2 < nc; j0 += D) {
+#pragma unroll
+      for (int u = 0; u < D; ++u)
+        step(j0 + u, u, true, true, wblk + u * kMxfp4ChunkBytes, sblk + u * kMxfp4ScaleChunkBytes, bblk + 64 * u);
+      wblk += D * kMxfp4ChunkBytes;
+      sblk += D * kMxfp4ScaleChunkBytes;
+      bblk += 64 * D;
     }
+    for (int j = j0; j < nc; ++j, wblk += kMxfp4ChunkBytes, sblk += kMxfp4ScaleChunkBytes, bblk += 64)
+      step(j, j & (D - 1), j + D - 1 < nc, j < nc_hi, wblk, sblk, bblk);
     tc::cp_async_wait<0>();  // the rings are reused: by the reduction and by the next pass
     // acc = rows r, r + 8 of the tile x columns 2c, 2c + 1 of the pass, summed over the K parts in
     // ks order (warps 1 .. KS-1 leave theirs at the start of their own rings).
