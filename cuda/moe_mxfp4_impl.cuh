@@ -99,6 +99,7 @@ struct StreamArgs {
   const int32_t* expert_idx = nullptr;  // [S] (S = T * k)
   const float* expert_w = nullptr;      // [S]
   int T = 0, k = 0, E = 0;
+  int k_magic = 0;                      // launch_stream: ceil(2^16 / k), for slot / k
   const bf16_t* act = nullptr;          // B operand: mlp1 x [T][ld_act] (row = slot / k); mlp2 z [S][I]
   int ld_act = 0;
   const uint8_t* wb = nullptr;          // packed codes (device layout)

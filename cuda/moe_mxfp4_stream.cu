@@ -52,28 +52,27 @@ constexpr int kStageScale = kMxfp4ChunkBytes;  // 512
 constexpr int kStageB = kStageScale + 128;     // 640
 constexpr int kStageBytes = kStageB + 1024;    // 1664
 
-// K split and ring depth: KS warps share a tile, each streaming a contiguous 1/KS of its chunks
-// through a D-stage ring (D - 1 chunks in flight). More, shorter warps hide the dequantisation's
-// dependency chains better; the ring depth keeps the bytes in flight per SM about constant.
-// Measured (H200, 20b): KS = 4 is best at T = 1 (33 vs 36 us for KS = 2, 46 for KS = 1 with D = 8),
-// KS = 2 from T = 2 on (T = 8: 122 vs 140 us for KS = 4), where more experts fill the SMs anyway.
-struct StreamShape {
-  int ks, depth;
-};
-// A/B knob GPT_OSS_C_MOE_STREAM_KS: "K" for both launches or "K1,K2" for mlp1 and mlp2, each 1, 2,
-// 4 or 8 (mlp2 has half of mlp1's tiles, so it may want the larger split).
-StreamShape stream_shape(int slots, bool mlp1) {
+// K split: KS warps share a tile, each streaming a contiguous 1/KS of its chunks through a
+// kStreamDepth-stage ring (kStreamDepth - 1 chunks in flight). More, shorter warps hide the
+// dequantisation's dependency chains better. Measured (H200, 20b): KS = 4 is best at T = 1 (33 vs 36
+// us for KS = 2, 46 for KS = 1 with an 8-deep ring), KS = 2 from T = 2 on (T = 8: 122 vs 140 us for
+// KS = 4), where more experts fill the SMs anyway. KS is a template parameter: with a run-time KS
+// the warp's group, K part and chunk range were three integer divisions (~75 instructions) on the
+// path to its first weight load (ncu source counters, session 6).
+constexpr int kStreamDepth = 4;
+// A/B knob GPT_OSS_C_MOE_STREAM_KS: "K" for both launches or "K1,K2" for mlp1 and mlp2, each 2, 4
+// or 8 (mlp2 has half of mlp1's tiles, so it may want the larger split).
+int stream_ks(int slots, bool mlp1) {
   static const std::pair<int, int> forced = [] {
     const char* v = std::getenv("GPT_OSS_C_MOE_STREAM_KS");
-    auto ok = [](int ks) { return ks == 1 || ks == 2 || ks == 4 || ks == 8 ? ks : 0; };
+    auto ok = [](int ks) { return ks == 2 || ks == 4 || ks == 8 ? ks : 0; };
     if (!v) return std::pair<int, int>{0, 0};
     const char* comma = std::strchr(v, ',');
     const int k1 = ok(std::atoi(v)), k2 = comma ? ok(std::atoi(comma + 1)) : k1;
     return std::pair<int, int>{k1, k2};
   }();
   const int f = mlp1 ? forced.first : forced.second;
-  const int ks = f ? f : slots <= 4 ? 4 : 2;
-  return StreamShape{ks, ks == 1 ? 8 : 4};
+  return f ? f : slots <= 4 ? 4 : 2;
 }
 
 struct WarpExpert {
@@ -116,29 +115,32 @@ __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
-template <bool kMlp1, bool kFast, int D>
-__global__ void __launch_bounds__(kStreamWarps * 32, 4) bf16_mxfp4w_moe_stream(StreamArgs a, int KS) {
+// Grid: (tile groups, expert ranks); block (x, y) serves tiles kStreamWarps / KS * x + group of
+// the y-th smallest active expert.
+template <bool kMlp1, bool kFast, int KS>
+__global__ void __launch_bounds__(kStreamWarps * 32, 4) bf16_mxfp4w_moe_stream(StreamArgs a) {
+  constexpr int D = kStreamDepth;
   static_assert((D & (D - 1)) == 0, "ring depth: a power of two");
+  static_assert(kStreamWarps % KS == 0, "K split: a divisor of the block's warps");
   extern __shared__ __align__(16) uint8_t smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, r = lane >> 2, c = lane & 3;
   const int tiles = a.R / kMxfp4TileRows;
   const int group = warp / KS, ks = warp % KS;  // the block's tile group and this warp's K part
-  const int item = int(blockIdx.x) * (kStreamWarps / KS) + group;
+  const int tile = int(blockIdx.x) * (kStreamWarps / KS) + group;
   const int S = a.T * a.k;
 
   if (kMlp1) {
     pdl_wait();  // expert_idx, x (the router and the norm) and the counters (the last layer's mlp2)
     // Zero mlp2's arrival counters (mlp2 touches them only after pdl_wait, i.e. after this grid
     // completed), then let mlp2 launch: it can only start once every block of this grid runs.
-    if (blockIdx.x == 0)
+    if (blockIdx.x == 0 && blockIdx.y == 0)
       for (int i = int(threadIdx.x); i < a.n_counters; i += kStreamWarps * 32) a.counters[i] = 0;
     pdl_launch_dependents();
   }
   // expert_idx was written before mlp1 started (the router), so mlp2 may read it before pdl_wait.
   // All KS warps of a group see the same expert, so they leave (or not) together.
-  const WarpExpert we = warp_expert(a.expert_idx, S, a.E, item / tiles, lane);
-  if (we.e < 0) return;  // group-uniform; only the group's named barrier follows
-  const int tile = item % tiles;
+  const WarpExpert we = warp_expert(a.expert_idx, S, a.E, int(blockIdx.y), lane);
+  if (we.e < 0 || tile >= tiles) return;  // group-uniform; only the group's named barrier follows
   const int chunks = mxfp4_chunks(a.K / 32);
   const int c0 = ks * chunks / KS, nc = (ks + 1) * chunks / KS - c0;  // this warp's chunks
   const size_t gtile = size_t(we.e) * tiles + tile;
@@ -151,7 +153,9 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 4) bf16_mxfp4w_moe_stream(S
     // B column r of this pass is slot nth(p0 + r); lanes past the slot count read no activations.
     const bool has_col = p0 + r < we.n;
     const int slot = nth_set_bit(we.slots, has_col ? p0 + r : p0);
-    const bf16_t* brow = a.act + size_t(kMlp1 ? slot / a.k : slot) * a.ld_act + 8 * c + 64 * c0;
+    // mlp1's token slot / k as a multiply-shift (a.k_magic = ceil(2^16 / k): exact for slot < 32).
+    const int row = kMlp1 ? (slot * a.k_magic) >> 16 : slot;
+    const bf16_t* brow = a.act + size_t(row) * a.ld_act + 8 * c + 64 * c0;
     // Prologue: weights and scales of local chunks 0 .. D-2 (one commit group), then (after mlp1,
     // for mlp2) the activations of each of those chunks (one group each), so that in the loop below
     // the group of local chunk j is complete once at most D - 1 newer groups are pending.
@@ -293,21 +297,24 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 4) bf16_mxfp4w_moe_stream(S
   }
 }
 
-template <bool kMlp1, bool kFast, int D>
-Status launch_stream_t(const StreamArgs& a, int ks, bool pdl, cudaStream_t stream) {
-  auto kernel = bf16_mxfp4w_moe_stream<kMlp1, kFast, D>;
-  const size_t smem = size_t(kStreamWarps) * D * kStageBytes;
+template <bool kMlp1, bool kFast, int KS>
+Status launch_stream_t(const StreamArgs& a, bool pdl, cudaStream_t stream) {
+  auto kernel = bf16_mxfp4w_moe_stream<kMlp1, kFast, KS>;
+  const size_t smem = size_t(kStreamWarps) * kStreamDepth * kStageBytes;
   GPTOSS_RETURN_IF_ERROR(ensure_smem(reinterpret_cast<const void*>(kernel), smem, "bf16_mxfp4w_moe_stream"));
-  const int items = std::min(a.E, a.T * a.k) * (a.R / kMxfp4TileRows), per_block = kStreamWarps / ks;
-  return launch_pdl(kernel, dim3(unsigned((items + per_block - 1) / per_block)), dim3(kStreamWarps * 32), smem, pdl,
-                    stream, kMlp1 ? "bf16_mxfp4w_moe_stream<mlp1>" : "bf16_mxfp4w_moe_stream<mlp2>", a, ks);
+  constexpr int per_block = kStreamWarps / KS;
+  const int tiles = a.R / kMxfp4TileRows, ranks = std::min(a.E, a.T * a.k);
+  return launch_pdl(kernel, dim3(unsigned((tiles + per_block - 1) / per_block), unsigned(ranks)),
+                    dim3(kStreamWarps * 32), smem, pdl, stream,
+                    kMlp1 ? "bf16_mxfp4w_moe_stream<mlp1>" : "bf16_mxfp4w_moe_stream<mlp2>", a);
 }
 
 template <bool kMlp1, bool kFast>
-Status launch_stream_d(const StreamArgs& a, bool pdl, cudaStream_t stream) {
-  const StreamShape sh = stream_shape(a.T * a.k, kMlp1);
-  return sh.depth == 8 ? launch_stream_t<kMlp1, kFast, 8>(a, sh.ks, pdl, stream)
-                       : launch_stream_t<kMlp1, kFast, 4>(a, sh.ks, pdl, stream);
+Status launch_stream_ks(const StreamArgs& a, bool pdl, cudaStream_t stream) {
+  const int ks = stream_ks(a.T * a.k, kMlp1);
+  return ks == 8   ? launch_stream_t<kMlp1, kFast, 8>(a, pdl, stream)
+         : ks == 2 ? launch_stream_t<kMlp1, kFast, 2>(a, pdl, stream)
+                   : launch_stream_t<kMlp1, kFast, 4>(a, pdl, stream);
 }
 
 }  // namespace
@@ -326,9 +333,11 @@ Status launch_stream(const StreamArgs& a, bool mlp1, bool pdl, cudaStream_t stre
     return make_error(StatusCode::InvalidArgument, "moe stream: rows must be a multiple of 16, K of 32, ld_act of 8");
   if (!mlp1 && a.n_counters < a.R / kMxfp4TileRows)
     return make_error(StatusCode::InvalidArgument, "moe stream: one arrival counter per output tile needed");
+  StreamArgs b = a;
+  b.k_magic = (65536 + a.k - 1) / a.k;
   if (mlp1)
-    return a.fast_scales ? launch_stream_d<true, true>(a, pdl, stream) : launch_stream_d<true, false>(a, pdl, stream);
-  return a.fast_scales ? launch_stream_d<false, true>(a, pdl, stream) : launch_stream_d<false, false>(a, pdl, stream);
+    return b.fast_scales ? launch_stream_ks<true, true>(b, pdl, stream) : launch_stream_ks<true, false>(b, pdl, stream);
+  return b.fast_scales ? launch_stream_ks<false, true>(b, pdl, stream) : launch_stream_ks<false, false>(b, pdl, stream);
 }
 
 }  // namespace moe

@@ -320,3 +320,17 @@ def test_moe_portable_kernels_in_a_child_process():
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", sel], env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"portable MoE kernels failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+
+
+@pytest.mark.skipif(os.environ.get("GPT_OSS_C_MOE_STREAM_KS") is not None, reason="this is a K-split run")
+@pytest.mark.parametrize("ks", ["8", "2,4"])
+def test_moe_stream_k_splits_in_a_child_process(ks):
+    # The streaming decode kernel is compiled per K split (KS = 2, 4, 8 warps per tile); the defaults
+    # take 4 (T * k <= 4) and 2. GPT_OSS_C_MOE_STREAM_KS is read once per process: a child reruns the
+    # streaming decode tests with KS = 8 for both launches, and with 2 for mlp1 and 4 for mlp2 at
+    # every T (small K: warps with no chunks; tiles not a multiple of the block's tile groups).
+    env = dict(os.environ, GPT_OSS_C_MOE_STREAM_KS=ks)
+    sel = "moe_decode or moe_skewed or moe_is_det or moe_expert_counts or gpt_oss_20b"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", sel], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"MoE with GPT_OSS_C_MOE_STREAM_KS={ks} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
