@@ -2,8 +2,8 @@
 // rank, 16-row weight tile), each over a contiguous 1/KS of K (the group sums its parts through
 // shared memory at the end), with weights, scales and activations streamed through a per-warp
 // cp.async ring in shared memory; no routing pass. GPT_OSS_C_MOE_STREAM_KS=K or K1,K2 forces a K
-// split. H200, 20b shapes (bench/NOTES.md): T = 1 33 us, T = 8 122 us (the grouped GEMV it
-// replaced: 47 and 208).
+// split. H200, 20b shapes (bench/NOTES.md, session 6): T = 1 27.4 us, T = 8 101 us (the grouped
+// GEMV it replaced: 47 and 208).
 //
 // Why a cp.async ring (bench/NOTES.md, H200, session 3): the first version kept an 8-chunk ring of
 // 16-byte loads in registers; ncu showed ~1,270 cycles per chunk and per warp, most of it in
@@ -320,10 +320,11 @@ Status launch_stream_ks(const StreamArgs& a, bool pdl, cudaStream_t stream) {
 }  // namespace
 
 // Floors (gpt-oss-20b, T = 1, H200 ~4.2 TB/s): 52.9 MB of weights per layer -> 12.6 us for both
-// launches. Issue (ncu source counters, session 5): mlp1 ran 11.1M warp instructions -- 93 per
-// chunk iteration (1,024 weights), ~120 with the refill, and ~600 once per warp (5,760 warps of ~11
-// chunks each) -- i.e. ~11 us at 4 instructions per SM and cycle: the kernel is issue-bound before
-// it is bandwidth-bound (2.6 IPC, 36% of DRAM bandwidth; 21.3 us).
+// launches. Issue (ncu source counters, session 6): mlp1 runs 8.4M warp instructions -- ~90 per
+// chunk (1,024 weights; ~60 of them dequantise) and ~380 once per warp (5,760 warps of ~11 chunks
+// each) -- i.e. ~8.9 us at 4 instructions per SM and cycle (1.79 GHz), above its 8.4 us of bytes.
+// It runs in 18.5 us: SMs idle 18% of the cycles (ramp, a 1.36-wave tail), 0.61 instructions
+// issued per scheduler and cycle, the K parts waiting for each other at the named barrier.
 Status launch_stream(const StreamArgs& a, bool mlp1, bool pdl, cudaStream_t stream) {
   const int S = a.T * a.k;
   if (S < 1 || S > kStreamMaxSlots || a.E < 1 || a.E > kRouteMaxExperts)
