@@ -86,17 +86,27 @@ for stage in "$@"; do
       echo "== opcost batch 1 rc=$?"; cat "$OUT/opcost_b1.log" | tail -n 14
       timeout 240 python3 bench/op_cost.py /dev/shm/gpt_oss_c-bench-20b-hf --batch 64 --runs 2 > "$OUT/opcost_b64.log" 2>&1
       echo "== opcost batch 64 rc=$?"; cat "$OUT/opcost_b64.log" | tail -n 16 ;;
+    kab)
+      # Kernel-bench A/B: KAB_ARGS are the cuda_kernels arguments ("10 dense", "20 moe:1"), KAB_AB lists
+      # environment settings, one run each ("-": the defaults), e.g. KAB_AB="- GPT_OSS_C_DENSE_WGMMA=0".
+      mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
+      for ab in ${KAB_AB:--}; do
+        echo "== kab $ab: ${KAB_ARGS:-20 moe:1}"
+        env $([ "$ab" = - ] || echo "$ab") timeout 120 build/bench/cuda_kernels ${KAB_ARGS:-20 moe:1} 2>&1 | tee -a "$OUT/kab.log" |
+          grep -v '"device"' | cut -c1-150
+      done ;;
     quick)
-      # Whole-model numbers in a minute (decode at batch 1 three times, at 8K context, batch 8 and 64),
+      # Whole-model numbers in a minute (decode at batch 1 three times, at 8K context, batch 8 and 64,
+      # prefill of 2048 tokens),
       # for an A/B: QUICK_AB lists environment settings, one run each ("-": the defaults).
       python3 -c "from gpt_oss_c.bench import scratch_checkpoint; scratch_checkpoint('20b', 'hf', None)" 2>&1 | tail -1
       for ab in ${QUICK_AB:--}; do
         env $([ "$ab" = - ] || echo "$ab") timeout 90 python3 -c "
 import gpt_oss_c
-from gpt_oss_c.bench import bench_batch, bench_decode
+from gpt_oss_c.bench import bench_batch, bench_decode, bench_prefill
 m = gpt_oss_c.load('/dev/shm/gpt_oss_c-bench-20b-hf', device='cuda', max_context=8192 + 512, max_batch=64)
 print('$ab decode', [round(bench_decode(m, 128, 256), 1) for _ in range(3)], '8K', round(bench_decode(m, 8192, 128, seed=3), 1),
-      'batch8', round(bench_batch(m, 8), 1), 'batch64', round(bench_batch(m, 64), 1))
+      'batch8', round(bench_batch(m, 8), 1), 'batch64', round(bench_batch(m, 64), 1), 'prefill2048', round(bench_prefill(m, 2048)))
 " 2>&1 | tail -n 1
       done ;;
     ncu_step)
