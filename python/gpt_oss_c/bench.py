@@ -175,7 +175,7 @@ def bench_batch(model, batch: int, prompt_len: int = 128, new_tokens: int = 128)
 
 def bench_hf(path: Path, prompt_len: int, new_tokens: int, device: str = "cuda") -> dict:
     """HF transformers' GptOss in bf16 on the same checkpoint: prefill of 2048 tokens and greedy decode
-    (its own KV cache), timed like ours. MXFP4 experts are dequantised to bf16 at load, as HF does
+    (its own KV cache; the best of three runs), timed like ours. MXFP4 experts are dequantised to bf16 at load, as HF does
     without its optional kernels. Loaded on the CPU, then moved (a device_map would need `accelerate`)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -203,11 +203,16 @@ def bench_hf(path: Path, prompt_len: int, new_tokens: int, device: str = "cuda")
         prompt = torch.tensor([_ids(prompt_len, 0, vocab)], device=device)
         hf.generate(prompt, max_new_tokens=4, do_sample=False)
         sync()
-        t0 = time.perf_counter()
-        out = hf.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-        sync()
-        n = out.shape[1] - prompt.shape[1]
-        res["hf_decode_tok_s"] = n / (time.perf_counter() - t0)
+        # HF's eager decode is bound by the host's kernel launches and varied by a third between runs
+        # (bench/NOTES.md, session 6): the best of three, so that our ratio is against its best.
+        runs = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            out = hf.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            sync()
+            runs.append((out.shape[1] - prompt.shape[1]) / (time.perf_counter() - t0))
+        res["hf_decode_tok_s"] = max(runs)
+        res["hf_decode_runs_tok_s"] = [round(r, 2) for r in runs]
     del hf
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
