@@ -51,7 +51,7 @@ def test_bench_command_writes_the_named_keys(tmp_path):
     for key in ("card", "date", "model", "bytes_per_token", "decode_bs1_tok_s", "prefill_512_tok_s", "batch8_tok_s",
                 "batch32_tok_s", "batch64_tok_s"):
         assert key in res, key
-    assert res["decode_bs1_tok_s"] > 0 and res["batch64_tok_s"] > 0
+    assert res["decode_bs1_tok_s"] > 0 and res["batch64_tok_s"] > 0 and res["decode_bs1_wall_tok_s"] > 0
     if hf:
         assert res["hf_decode_tok_s"] > 0 and res["hf_prefill_2048_tok_s"] > 0
         assert res["ratio_decode_vs_hf"] == pytest.approx(res["decode_bs1_tok_s"] / res["hf_decode_tok_s"])
