@@ -12,6 +12,10 @@ python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /
 export PYTHONPATH=/tmp/site GPT_OSS_C_VOCAB=$PWD/.whl/o200k_base.tiktoken.gz
 python3 -c "import gpt_oss_c, gpt_oss_c._core as c; print(gpt_oss_c.build_info(), 'cuda_available', c.cuda_available())" || exit 1
 
+# The kernel micro-benchmark binary built here and carried in .whl/bench, where bench/cuda_kernels.py
+# and the stages below expect it (touched: newer than its sources, so the script does not rebuild it).
+use_bench_binary() { mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels; }
+
 for stage in "$@"; do
   case "$stage" in
     tests|portable)
@@ -54,8 +58,7 @@ for stage in "$@"; do
       rm -rf /dev/shm/gpt_oss_c-bench-*
       timeout 500 python3 bench/big_models.py 20b 120b > "$OUT/big_models.log" 2>&1; tail -n 6 "$OUT/big_models.log" ;;
     kcheck|kbench)
-      # The kernel micro-benchmark binary is built here from the same sources and carried in .whl/bench.
-      mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
+      use_bench_binary
       if [ "$stage" = kcheck ]; then
         timeout 150 python3 bench/cuda_kernels.py --check > "$OUT/kcheck.log" 2>&1; echo "== kcheck rc=$?"
         grep -E "FAIL" "$OUT/kcheck.log" | head -20; tail -n 2 "$OUT/kcheck.log"
@@ -89,7 +92,7 @@ for stage in "$@"; do
     kab)
       # Kernel-bench A/B: KAB_ARGS are the cuda_kernels arguments ("10 dense", "20 moe:1"), KAB_AB lists
       # environment settings, one run each ("-": the defaults), e.g. KAB_AB="- GPT_OSS_C_DENSE_WGMMA=0".
-      mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
+      use_bench_binary
       for ab in ${KAB_AB:--}; do
         echo "== kab $ab: ${KAB_ARGS:-20 moe:1}"
         env $([ "$ab" = - ] || echo "$ab") timeout 120 build/bench/cuda_kernels ${KAB_ARGS:-20 moe:1} 2>&1 | tee -a "$OUT/kab.log" |
@@ -124,7 +127,7 @@ print('$ab decode', [round(bench_decode(m, 128, 256), 1) for _ in range(3)], '8K
       # One kernel family of the kernel bench under ncu --set full with SASS source counters
       # (bench/ncu_source_summary.py: instructions by execution count, the most stalled lines).
       # NCU_KERNEL: kernel-name regex; NCU_ARGS: the kernel-bench arguments (caches flushed per kernel).
-      mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
+      use_bench_binary
       timeout 240 ncu --clock-control none --set full -k "regex:${NCU_KERNEL:-moe_stream}" --launch-count ${NCU_COUNT:-2} \
         -o "$OUT/ncu_src" build/bench/cuda_kernels ${NCU_ARGS:-1 moe:1} > "$OUT/ncu_src_run.log" 2>&1
       echo "== ncu_src rc=$?"
@@ -135,7 +138,7 @@ print('$ab decode', [round(bench_decode(m, 128, 256), 1) for _ in range(3)], '8K
     ncu_prefill)
       # The prefill MoE (T = 2048, 20b shapes: the register-operand wgmma GEMM) under Nsight Compute:
       # is it tensor-, L2- or issue-bound? (kernel bench: 1155 us per layer on the H200.)
-      mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels
+      use_bench_binary
       timeout 150 ncu --clock-control none -k regex:moe_wgmma_rs --launch-count 2 --section SpeedOfLight \
         --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy --section SchedulerStats \
         --section WarpStateStats --metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio \
