@@ -16,6 +16,9 @@ python3 -c "import gpt_oss_c, gpt_oss_c._core as c; print(gpt_oss_c.build_info()
 # and the stages below expect it (touched: newer than its sources, so the script does not rebuild it).
 use_bench_binary() { mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels; }
 
+# The synthetic 20b checkpoint the whole-model stages load (written once per machine, in /dev/shm).
+synthetic_20b() { python3 -c "from gpt_oss_c.bench import scratch_checkpoint; scratch_checkpoint('20b', 'hf', None)" 2>&1 | tail -1; }
+
 for stage in "$@"; do
   case "$stage" in
     tests|portable)
@@ -42,7 +45,7 @@ for stage in "$@"; do
     ctest)
       for t in .whl/ctest/*; do echo "== $t"; timeout 120 "$t" > "$OUT/$(basename "$t").log" 2>&1; echo "rc=$?"; tail -n 3 "$OUT/$(basename "$t").log"; done ;;
     profile)
-      python3 -c "from gpt_oss_c.bench import scratch_checkpoint; scratch_checkpoint('20b', 'hf', None)" 2>&1 | tail -2
+      synthetic_20b
       for w in decode prefill batch; do
         GPT_OSS_C_PROFILE=1 GPT_OSS_C_NO_GRAPHS=1 GPT_OSS_C_NO_PDL=1 timeout 200 python3 bench/profile_ops.py /dev/shm/gpt_oss_c-bench-20b-hf $w \
           > "$OUT/profile_$w.log" 2>&1; echo "== profile $w"; head -n 14 "$OUT/profile_$w.log" | cut -c1-90
@@ -84,7 +87,7 @@ for stage in "$@"; do
     opcost)
       # What each op costs inside the graph-replayed decode step (bench/op_cost.py: decode with one op
       # family skipped at a time), at batch 1 and 64.
-      python3 -c "from gpt_oss_c.bench import scratch_checkpoint; scratch_checkpoint('20b', 'hf', None)" 2>&1 | tail -1
+      synthetic_20b
       timeout 200 python3 bench/op_cost.py /dev/shm/gpt_oss_c-bench-20b-hf > "$OUT/opcost_b1.log" 2>&1
       echo "== opcost batch 1 rc=$?"; cat "$OUT/opcost_b1.log" | tail -n 14
       timeout 240 python3 bench/op_cost.py /dev/shm/gpt_oss_c-bench-20b-hf --batch 64 --runs 2 > "$OUT/opcost_b64.log" 2>&1
@@ -102,7 +105,7 @@ for stage in "$@"; do
       # Whole-model numbers in a minute (decode at batch 1 three times, at 8K context, batch 8 and 64,
       # prefill of 2048 tokens),
       # for an A/B: QUICK_AB lists environment settings, one run each ("-": the defaults).
-      python3 -c "from gpt_oss_c.bench import scratch_checkpoint; scratch_checkpoint('20b', 'hf', None)" 2>&1 | tail -1
+      synthetic_20b
       for ab in ${QUICK_AB:--}; do
         env $([ "$ab" = - ] || echo "$ab") timeout 90 python3 -c "
 import gpt_oss_c
@@ -115,7 +118,7 @@ print('$ab decode', [round(bench_decode(m, 128, 256), 1) for _ in range(3)], '8K
     ncu_step)
       # Every kernel of a few graph-free decode steps (batch 1, then batch 64) under Nsight Compute,
       # one metric (its duration): where a step's time goes, kernel by kernel.
-      python3 -c "from gpt_oss_c.bench import scratch_checkpoint; scratch_checkpoint('20b', 'hf', None)" 2>&1 | tail -1
+      synthetic_20b
       for w in decode batch; do
         GPT_OSS_C_NO_GRAPHS=1 timeout 200 ncu --csv --print-units base --clock-control none --cache-control none --metrics gpu__time_duration.sum --launch-skip 3000 --launch-count 700 \
           python3 bench/profile_ops.py /dev/shm/gpt_oss_c-bench-20b-hf $w > "$OUT/ncu_step_$w.csv" 2> "$OUT/ncu_step_$w.err"
