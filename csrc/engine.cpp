@@ -548,6 +548,7 @@ Status Engine::run_chunk(const std::vector<SeqInput>& seqs, const Chunk& chunk, 
   }
   seq_tok0[S] = T;
   for (int r = 0; r < R; ++r) rows[r] = seq_tok0[ending[size_t(r)] + 1] - 1;
+  bool greedy = sample && R > 0;  // every ending sequence decodes greedily
   if (sample && R > 0) {
     uint8_t* base = host_io_.data();
     auto* counters = reinterpret_cast<int64_t*>(base + (reinterpret_cast<uint8_t*>(io.counters) - static_cast<uint8_t*>(ws_.io)));
@@ -556,6 +557,7 @@ Status Engine::run_chunk(const std::vector<SeqInput>& seqs, const Chunk& chunk, 
       const SeqInput& s = seqs[size_t(chunk.seq[size_t(ending[size_t(r)])])];
       cfgs[r] = s.sampling;
       counters[r] = int64_t(s.start) + int64_t(s.tokens.size());  // position of the new token
+      greedy = greedy && s.sampling.temperature == 0.0f;
     }
   }
   GPTOSS_RETURN_IF_ERROR(be.copy_to_device(ws_.io, host_io_.data(), host_io_.size()));
@@ -570,20 +572,20 @@ Status Engine::run_chunk(const std::vector<SeqInput>& seqs, const Chunk& chunk, 
   b.seq_tok0 = io.ints + (seq_tok0 - ids);
 
   // 2. The forward. A pure decode chunk (one new token per sequence) on a backend with graphs is
-  //    captured once per batch size and replayed afterwards.
+  //    captured once per batch size and sampling kind (all greedy or not) and replayed afterwards.
   const bool decode = T == S && R == S && mode != LogitsMode::All;
   if (decode && sample && be.supports_graphs() && graphs_enabled_) {
-    const int key = S;
+    const int key = 2 * S + (greedy ? 1 : 0);
     if (!be.has_graph(key)) {
       GPTOSS_RETURN_IF_ERROR(be.capture_begin());
-      Status st = forward(b, io, R, sample);
+      Status st = forward(b, io, R, sample, greedy);
       Status end = be.capture_end(key);
       GPTOSS_RETURN_IF_ERROR(st);
       GPTOSS_RETURN_IF_ERROR(end);
     }
     GPTOSS_RETURN_IF_ERROR(be.replay(key));
   } else {
-    GPTOSS_RETURN_IF_ERROR(forward(b, io, R, sample));
+    GPTOSS_RETURN_IF_ERROR(forward(b, io, R, sample, greedy));
   }
 
   // 3. Results back to the host.
@@ -626,7 +628,7 @@ Status Engine::run_chunk(const std::vector<SeqInput>& seqs, const Chunk& chunk, 
   return be.synchronize();
 }
 
-Status Engine::forward(const BatchDesc& b, const StepIO& io, int rows, bool sample) {
+Status Engine::forward(const BatchDesc& b, const StepIO& io, int rows, bool sample, bool greedy) {
   Backend& be = *backend_;
   const int T = b.T;
   const int H = cfg_.hidden, V = cfg_.vocab, E = cfg_.n_experts, K = cfg_.top_k;
@@ -714,6 +716,7 @@ Status Engine::forward(const BatchDesc& b, const StepIO& io, int rows, bool samp
   SampleParams sp;
   sp.logits = ws_.logits; sp.ldl = V; sp.cfg = io.sampling; sp.counter = io.counters;
   sp.out_token = ws_.sampled; sp.out_logprob = reinterpret_cast<float*>(ws_.sampled + rows); sp.S = rows; sp.V = V;
+  sp.greedy = greedy;
   return be.sample(sp);
 }
 

@@ -120,7 +120,7 @@ class Engine {
     SamplingConfig* sampling = nullptr;  // [R]
   };
   StepIO step_io(int T, int S, int R) const;
-  Status forward(const BatchDesc& b, const StepIO& io, int rows, bool sample);
+  Status forward(const BatchDesc& b, const StepIO& io, int rows, bool sample, bool greedy);
   Status unembed(const int32_t* d_rows, int rows);
   size_t ints_count() const;
   size_t io_bytes() const;
