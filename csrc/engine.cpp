@@ -383,11 +383,8 @@ Status Engine::allocate_state() {
   GPTOSS_RETURN_IF_ERROR(alloc(size_t(T) * cfg_.top_k * 4, "expert weights", &p)); ws_.expert_w = static_cast<float*>(p);
   GPTOSS_RETURN_IF_ERROR(alloc(size_t(logits_rows_) * H * act, "final normed rows", &ws_.xfinal));
   GPTOSS_RETURN_IF_ERROR(alloc(size_t(logits_rows_) * size_t(cfg_.vocab) * 4, "logits", &p)); ws_.logits = static_cast<float*>(p);
-  GPTOSS_RETURN_IF_ERROR(alloc(ints_count() * 4, "batch description", &p)); ws_.ints = static_cast<int32_t*>(p);
-  GPTOSS_RETURN_IF_ERROR(alloc(size_t(S) * 8, "sampling counters", &p)); ws_.counters = static_cast<int64_t*>(p);
-  GPTOSS_RETURN_IF_ERROR(alloc(size_t(S) * sizeof(SamplingConfig), "sampling settings", &p)); ws_.sampling = static_cast<SamplingConfig*>(p);
-  GPTOSS_RETURN_IF_ERROR(alloc(size_t(S) * 4, "sampled tokens", &p)); ws_.sampled = static_cast<int32_t*>(p);
-  GPTOSS_RETURN_IF_ERROR(alloc(size_t(S) * 4, "sampled logprobs", &p)); ws_.logprobs = static_cast<float*>(p);
+  GPTOSS_RETURN_IF_ERROR(alloc(io_bytes(), "step inputs", &ws_.io));
+  GPTOSS_RETURN_IF_ERROR(alloc(size_t(S) * 8, "sampled tokens and logprobs", &p)); ws_.sampled = static_cast<int32_t*>(p);
 
   std::vector<float> cos_t, sin_t;
   yarn_tables(cfg_, opts_.max_context, &cos_t, &sin_t);
@@ -411,9 +408,27 @@ Status Engine::allocate_state() {
   return backend_->synchronize();
 }
 
-// ids[T] | tok_pos[T] | tok_seq[T] | seq_slot[S] | seq_start[S] | seq_tok0[S+1] | rows[R]
+// ids[T] | tok_pos[T] | tok_seq[T] | seq_slot[S] | seq_start[S] | seq_tok0[S+1] | rows[R], R at most
+// logits_rows_ (LogitsMode::All reuses rows[] for its chunks of rows).
 size_t Engine::ints_count() const {
   return size_t(opts_.max_step_tokens) * 3 + size_t(opts_.max_seqs) * 3 + 1 + size_t(logits_rows_);
+}
+
+// A chunk's inputs, packed by its own T, S and R (not by the maxima) so that a decode step uploads
+// a few dozen bytes in one copy: the ints, then (8-byte aligned) the sampling counters and settings.
+Engine::StepIO Engine::step_io(int T, int S, int R) const {
+  StepIO io;
+  const size_t ints = size_t(3) * T + size_t(3) * S + 1 + size_t(R), at = (ints * 4 + 7) / 8 * 8;
+  io.ints = static_cast<int32_t*>(ws_.io);
+  io.counters = reinterpret_cast<int64_t*>(static_cast<uint8_t*>(ws_.io) + at);
+  io.sampling = reinterpret_cast<SamplingConfig*>(static_cast<uint8_t*>(ws_.io) + at + size_t(R) * 8);
+  io.upload_bytes = at + size_t(R) * (8 + sizeof(SamplingConfig));
+  return io;
+}
+
+size_t Engine::io_bytes() const {
+  static_assert(sizeof(SamplingConfig) % 8 == 0, "sampling settings stay 8-byte aligned");
+  return (ints_count() * 4 + 7) / 8 * 8 + size_t(opts_.max_seqs) * (8 + sizeof(SamplingConfig));
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -512,13 +527,13 @@ Status Engine::run_chunk(const std::vector<SeqInput>& seqs, const Chunk& chunk, 
   }
   const int R = mode == LogitsMode::All || (mode == LogitsMode::None && !sample) ? 0 : int(ending.size());
 
-  // 1. Stage every input on the host and upload it before any launch (graph capture needs the
-  //    launches to be the whole of the forward).
-  const size_t Tm = size_t(opts_.max_step_tokens), Sm = size_t(opts_.max_seqs);
-  std::vector<int32_t>& h = host_ints_;
-  h.assign(ints_count(), 0);
-  int32_t *ids = h.data(), *tok_pos = ids + Tm, *tok_seq = tok_pos + Tm, *seq_slot = tok_seq + Tm;
-  int32_t *seq_start = seq_slot + Sm, *seq_tok0 = seq_start + Sm, *rows = seq_tok0 + Sm + 1;
+  // 1. Stage every input on the host and upload it, in one copy, before any launch (graph capture
+  //    needs the launches to be the whole of the forward).
+  const StepIO io = step_io(T, S, R);
+  host_io_.assign(io.upload_bytes, 0);
+  int32_t* ids = reinterpret_cast<int32_t*>(host_io_.data());
+  int32_t *tok_pos = ids + T, *tok_seq = tok_pos + T, *seq_slot = tok_seq + T;
+  int32_t *seq_start = seq_slot + S, *seq_tok0 = seq_start + S, *rows = seq_tok0 + S + 1;
   int t = 0;
   for (int i = 0; i < S; ++i) {
     const SeqInput& s = seqs[size_t(chunk.seq[size_t(i)])];
@@ -533,47 +548,48 @@ Status Engine::run_chunk(const std::vector<SeqInput>& seqs, const Chunk& chunk, 
   }
   seq_tok0[S] = T;
   for (int r = 0; r < R; ++r) rows[r] = seq_tok0[ending[size_t(r)] + 1] - 1;
-  GPTOSS_RETURN_IF_ERROR(be.copy_to_device(ws_.ints, h.data(), h.size() * 4));
+  bool greedy = sample && R > 0;  // every ending sequence decodes greedily
   if (sample && R > 0) {
-    std::vector<SamplingConfig> cfgs(static_cast<size_t>(R));
-    std::vector<int64_t> counters(static_cast<size_t>(R));
+    uint8_t* base = host_io_.data();
+    auto* counters = reinterpret_cast<int64_t*>(base + (reinterpret_cast<uint8_t*>(io.counters) - static_cast<uint8_t*>(ws_.io)));
+    auto* cfgs = reinterpret_cast<SamplingConfig*>(base + (reinterpret_cast<uint8_t*>(io.sampling) - static_cast<uint8_t*>(ws_.io)));
     for (int r = 0; r < R; ++r) {
       const SeqInput& s = seqs[size_t(chunk.seq[size_t(ending[size_t(r)])])];
-      cfgs[size_t(r)] = s.sampling;
-      counters[size_t(r)] = int64_t(s.start) + int64_t(s.tokens.size());  // position of the new token
+      cfgs[r] = s.sampling;
+      counters[r] = int64_t(s.start) + int64_t(s.tokens.size());  // position of the new token
+      greedy = greedy && s.sampling.temperature == 0.0f;
     }
-    GPTOSS_RETURN_IF_ERROR(be.copy_to_device(ws_.sampling, cfgs.data(), cfgs.size() * sizeof(SamplingConfig)));
-    GPTOSS_RETURN_IF_ERROR(be.copy_to_device(ws_.counters, counters.data(), counters.size() * 8));
   }
+  GPTOSS_RETURN_IF_ERROR(be.copy_to_device(ws_.io, host_io_.data(), host_io_.size()));
 
   BatchDesc b;
   b.T = T;
   b.S = S;
-  b.tok_pos = ws_.ints + (tok_pos - ids);
-  b.tok_seq = ws_.ints + (tok_seq - ids);
-  b.seq_slot = ws_.ints + (seq_slot - ids);
-  b.seq_start = ws_.ints + (seq_start - ids);
-  b.seq_tok0 = ws_.ints + (seq_tok0 - ids);
+  b.tok_pos = io.ints + (tok_pos - ids);
+  b.tok_seq = io.ints + (tok_seq - ids);
+  b.seq_slot = io.ints + (seq_slot - ids);
+  b.seq_start = io.ints + (seq_start - ids);
+  b.seq_tok0 = io.ints + (seq_tok0 - ids);
 
   // 2. The forward. A pure decode chunk (one new token per sequence) on a backend with graphs is
-  //    captured once per batch size and replayed afterwards.
+  //    captured once per batch size and sampling kind (all greedy or not) and replayed afterwards.
   const bool decode = T == S && R == S && mode != LogitsMode::All;
   if (decode && sample && be.supports_graphs() && graphs_enabled_) {
-    const int key = S;
+    const int key = 2 * S + (greedy ? 1 : 0);
     if (!be.has_graph(key)) {
       GPTOSS_RETURN_IF_ERROR(be.capture_begin());
-      Status st = forward(b, R, sample);
+      Status st = forward(b, io, R, sample, greedy);
       Status end = be.capture_end(key);
       GPTOSS_RETURN_IF_ERROR(st);
       GPTOSS_RETURN_IF_ERROR(end);
     }
     GPTOSS_RETURN_IF_ERROR(be.replay(key));
   } else {
-    GPTOSS_RETURN_IF_ERROR(forward(b, R, sample));
+    GPTOSS_RETURN_IF_ERROR(forward(b, io, R, sample, greedy));
   }
 
   // 3. Results back to the host.
-  const int32_t* d_rows = ws_.ints + (rows - ids);
+  const int32_t* d_rows = io.ints + (rows - ids);
   if (mode == LogitsMode::All) {
     std::vector<int32_t> all(static_cast<size_t>(logits_rows_));
     for (int r0 = 0; r0 < T; r0 += logits_rows_) {
@@ -592,15 +608,15 @@ Status Engine::run_chunk(const std::vector<SeqInput>& seqs, const Chunk& chunk, 
     return be.synchronize();
   }
   if (sample && R > 0) {
-    std::vector<int32_t> tok(static_cast<size_t>(R));
-    std::vector<float> lp(static_cast<size_t>(R));
-    GPTOSS_RETURN_IF_ERROR(be.copy_to_host(tok.data(), ws_.sampled, size_t(R) * 4));
-    GPTOSS_RETURN_IF_ERROR(be.copy_to_host(lp.data(), ws_.logprobs, size_t(R) * 4));
+    // Tokens and logprobs in one copy (forward put the logprobs right after the R tokens).
+    std::vector<int32_t> got(size_t(2) * size_t(R));
+    GPTOSS_RETURN_IF_ERROR(be.copy_to_host(got.data(), ws_.sampled, got.size() * 4));
     for (int r = 0; r < R; ++r) {
       const size_t s = size_t(chunk.seq[size_t(ending[size_t(r)])]);
-      out->tokens[s] = tok[size_t(r)];
-      out->logprobs[s] = lp[size_t(r)];
+      out->tokens[s] = got[size_t(r)];
+      std::memcpy(&out->logprobs[s], &got[size_t(R + r)], 4);
     }
+    if (mode != LogitsMode::Last) return Status::Ok();  // copy_to_host synchronised and checked errors
   }
   if (mode == LogitsMode::Last) {
     for (int r = 0; r < R; ++r) {
@@ -612,7 +628,7 @@ Status Engine::run_chunk(const std::vector<SeqInput>& seqs, const Chunk& chunk, 
   return be.synchronize();
 }
 
-Status Engine::forward(const BatchDesc& b, int rows, bool sample) {
+Status Engine::forward(const BatchDesc& b, const StepIO& io, int rows, bool sample, bool greedy) {
   Backend& be = *backend_;
   const int T = b.T;
   const int H = cfg_.hidden, V = cfg_.vocab, E = cfg_.n_experts, K = cfg_.top_k;
@@ -624,7 +640,7 @@ Status Engine::forward(const BatchDesc& b, int rows, bool sample) {
   void* v = offset_bytes(ws_.qkv, size_t(Q + KVW) * asz);
 
   EmbedParams ep;
-  ep.ids = ws_.ints; ep.table = embed_; ep.out = ws_.x; ep.T = T; ep.H = H; ep.V = V;
+  ep.ids = io.ints; ep.table = embed_; ep.out = ws_.x; ep.T = T; ep.H = H; ep.V = V;
   GPTOSS_RETURN_IF_ERROR(be.embed(ep));
 
   // A decode step (one token per sequence: T == S) appends k/v inside attn_input, before attention.
@@ -694,12 +710,13 @@ Status Engine::forward(const BatchDesc& b, int rows, bool sample) {
   }
   if (rows == 0) return Status::Ok();
 
-  const int32_t* d_rows = ws_.ints + (ints_count() - size_t(logits_rows_));
+  const int32_t* d_rows = io.ints + 3 * size_t(b.T) + 3 * size_t(b.S) + 1;
   GPTOSS_RETURN_IF_ERROR(unembed(d_rows, rows));
   if (!sample) return Status::Ok();
   SampleParams sp;
-  sp.logits = ws_.logits; sp.ldl = V; sp.cfg = ws_.sampling; sp.counter = ws_.counters;
-  sp.out_token = ws_.sampled; sp.out_logprob = ws_.logprobs; sp.S = rows; sp.V = V;
+  sp.logits = ws_.logits; sp.ldl = V; sp.cfg = io.sampling; sp.counter = io.counters;
+  sp.out_token = ws_.sampled; sp.out_logprob = reinterpret_cast<float*>(ws_.sampled + rows); sp.S = rows; sp.V = V;
+  sp.greedy = greedy;
   return be.sample(sp);
 }
 

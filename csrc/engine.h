@@ -111,9 +111,19 @@ class Engine {
                    const std::vector<size_t>& logits_row0, StepOutput* out);
   // The layers, final norm, unembedding and sampling of one chunk, with every input already on the
   // device: only kernel launches, so a decode chunk can be captured as a graph and replayed.
-  Status forward(const BatchDesc& b, int rows, bool sample);
+  // Device addresses of one chunk's inputs and outputs in ws_.io (step_io: offsets depend only on
+  // the chunk's T, S and R, so a replayed decode graph, keyed by S = T = R, always finds them).
+  struct StepIO {
+    size_t upload_bytes = 0;           // the inputs: bytes [0, upload_bytes) of ws_.io
+    int32_t* ints = nullptr;           // ids[T] | tok_pos[T] | tok_seq[T] | seq_slot[S] | seq_start[S] | seq_tok0[S+1] | rows[R]
+    int64_t* counters = nullptr;       // [R]
+    SamplingConfig* sampling = nullptr;  // [R]
+  };
+  StepIO step_io(int T, int S, int R) const;
+  Status forward(const BatchDesc& b, const StepIO& io, int rows, bool sample, bool greedy);
   Status unembed(const int32_t* d_rows, int rows);
   size_t ints_count() const;
+  size_t io_bytes() const;
 
   ModelConfig cfg_;
   EngineOptions opts_;
@@ -139,11 +149,8 @@ class Engine {
     float* expert_w = nullptr;      // [T][k]
     void* xfinal = nullptr;       // [T][H] normed rows for the unembedding
     float* logits = nullptr;      // [max(T_logits)][V]
-    int32_t* ints = nullptr;      // batch description arrays
-    int64_t* counters = nullptr;  // [S]
-    SamplingConfig* sampling = nullptr;  // [S]
-    int32_t* sampled = nullptr;   // [S]
-    float* logprobs = nullptr;    // [S]
+    void* io = nullptr;           // a chunk's inputs, uploaded in one copy (Engine::step_io)
+    int32_t* sampled = nullptr;   // [2 S]: tokens[R] then logprobs[R] (f32 bits), read back in one copy
     float* rope_cos = nullptr;    // [max_context][32]
     float* rope_sin = nullptr;
   } ws_;
@@ -151,7 +158,7 @@ class Engine {
   bool graphs_enabled_ = true;       // EngineOptions::use_graphs and not $GPT_OSS_C_NO_GRAPHS
   bool ring_layers_ = false;         // some sliding layer keeps fewer than max_context positions
   std::vector<int> slot_len_;        // positions held by each KV-cache slot
-  std::vector<int32_t> host_ints_;   // host staging of the batch description
+  std::vector<uint8_t> host_io_;     // host staging of a chunk's inputs (ws_.io's layout)
 };
 
 // Build facts for gpt_oss_c.build_info().

@@ -244,6 +244,9 @@ struct SampleParams {
   int32_t* out_token = nullptr;                  // [S]
   float* out_logprob = nullptr;                  // [S]
   int S = 0, V = 0;
+  // Every cfg[s].temperature is 0 (the caller knows the settings): a backend may skip the work
+  // that only sampling needs (CUDA launches only the max / log-sum-exp pass). Results are the same.
+  bool greedy = false;
 };
 
 }  // namespace gptoss

@@ -24,6 +24,9 @@ namespace {
 
 constexpr size_t kStagingBytes = size_t(32) << 20;    // per pinned staging buffer (two of them)
 constexpr size_t kDirectCopyBytes = size_t(1) << 20;  // smaller uploads go straight from pageable
+constexpr size_t kReadbackData = 256;                  // pinned readback: the error record, then data
+constexpr size_t kReadbackBytes = size_t(64) << 10;
+static_assert(sizeof(DeviceErrorRecord) <= kReadbackData, "the error record fits before the data");
 
 // Launched never: cudaFuncGetAttributes on it tells whether this build has code for the device.
 __global__ void probe_kernel() {}
@@ -97,6 +100,10 @@ Status CudaBackend::create(int device, std::unique_ptr<Backend>* out) {
   GPTOSS_RETURN_IF_ERROR(b->alloc(&rec, sizeof(DeviceErrorRecord), "device error record"));
   b->device_errors_ = static_cast<DeviceErrorRecord*>(rec);
   GPTOSS_CUDA_CHECK(cudaMemsetAsync(rec, 0, sizeof(DeviceErrorRecord), b->stream_));
+  if (cudaHostAlloc(&b->readback_, kReadbackBytes, cudaHostAllocDefault) != cudaSuccess) {
+    cudaGetLastError();  // no pinned memory to spare: pageable reads, one more wait each
+    b->readback_ = nullptr;
+  }
   GPTOSS_RETURN_IF_ERROR(b->ensure_scratch(&b->dense_scratch_, dense_workspace_bytes(b->num_sms_), "dense split-K workspace"));
   const char* no_pdl = std::getenv("GPT_OSS_C_NO_PDL");
   // Programmatic dependent launch needs sm_90; the portable (sm_80) mode does without it.
@@ -137,6 +144,7 @@ CudaBackend::~CudaBackend() {
     if (staging_[i]) cudaFreeHost(staging_[i]);
     if (staging_done_[i]) cudaEventDestroy(staging_done_[i]);
   }
+  if (readback_) cudaFreeHost(readback_);
   if (stream_) cudaStreamDestroy(stream_);
   cudaGetLastError();
 }
@@ -202,10 +210,7 @@ Status CudaBackend::copy_to_host(void* dst, const void* src, size_t bytes) {
   if (capturing_)
     return make_error(StatusCode::InvalidArgument, "copy_to_host would synchronise inside a CUDA graph capture");
   GPTOSS_RETURN_IF_ERROR(use_device());
-  GPTOSS_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
-  GPTOSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  if (profiler_.enabled()) profiler_.collect();
-  return take_device_error();
+  return sync_and_check(dst, src, bytes);
 }
 
 Status CudaBackend::memset(void* dst, int value, size_t bytes) {
@@ -218,15 +223,29 @@ Status CudaBackend::memset(void* dst, int value, size_t bytes) {
 Status CudaBackend::synchronize() {
   if (capturing_) return make_error(StatusCode::InvalidArgument, "synchronize inside a CUDA graph capture");
   GPTOSS_RETURN_IF_ERROR(use_device());
-  GPTOSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  return take_device_error();
+  return sync_and_check(nullptr, nullptr, 0);
 }
 
-Status CudaBackend::take_device_error() {
-  // On the backend's stream: after the kernels that write the record, before the next ones.
+Status CudaBackend::sync_and_check(void* dst, const void* src, size_t bytes) {
+  // The record is read on the backend's stream: after the kernels that write it, before the next ones.
   DeviceErrorRecord r;
-  GPTOSS_CUDA_CHECK(cudaMemcpyAsync(&r, device_errors_, sizeof(r), cudaMemcpyDeviceToHost, stream_));
-  GPTOSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (readback_ && bytes <= kReadbackBytes - kReadbackData) {
+    char* rb = static_cast<char*>(readback_);
+    if (bytes) GPTOSS_CUDA_CHECK(cudaMemcpyAsync(rb + kReadbackData, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    GPTOSS_CUDA_CHECK(cudaMemcpyAsync(rb, device_errors_, sizeof(r), cudaMemcpyDeviceToHost, stream_));
+    GPTOSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (bytes) std::memcpy(dst, rb + kReadbackData, bytes);
+    std::memcpy(&r, rb, sizeof(r));
+  } else {
+    if (bytes) GPTOSS_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    GPTOSS_CUDA_CHECK(cudaMemcpyAsync(&r, device_errors_, sizeof(r), cudaMemcpyDeviceToHost, stream_));
+    GPTOSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  if (profiler_.enabled()) profiler_.collect();
+  return report_device_error(r);
+}
+
+Status CudaBackend::report_device_error(const DeviceErrorRecord& r) {
   if (r.code == kDevErrNone) return Status::Ok();
   GPTOSS_CUDA_CHECK(cudaMemsetAsync(device_errors_, 0, sizeof(r), stream_));
   const std::string seq = "sequence " + std::to_string(r.seq);

@@ -112,9 +112,13 @@ class CudaBackend final : public Backend {
     if (timed) profiler_.end(stream_);
     return op_done(s, op);
   }
-  // After a stream synchronisation: the first bad input a kernel recorded since the last check
-  // (cuda/device_errors.cuh), as InvalidArgument, and the record cleared.
-  Status take_device_error();
+  // Waits for the stream once, with an optional small device-to-host copy and the device error
+  // record read back in the same wait (into the pinned readback area when there is one); then
+  // reports the record.
+  Status sync_and_check(void* dst, const void* src, size_t bytes);
+  // The first bad input a kernel recorded since the last check (cuda/device_errors.cuh), as
+  // InvalidArgument, and the record cleared.
+  Status report_device_error(const DeviceErrorRecord& r);
 
   int device_ = 0;
   int num_sms_ = 0;
@@ -130,6 +134,9 @@ class CudaBackend final : public Backend {
   void* staging_[2] = {nullptr, nullptr};
   cudaEvent_t staging_done_[2] = {nullptr, nullptr};
   bool staging_failed_ = false;
+  // Pinned readback area: the device error record, then small copy_to_host data (the sampled tokens
+  // of a decode step): with pageable destinations every read was its own wait on the stream.
+  void* readback_ = nullptr;
 
   // The dense split-K workspace, as the launchers see it (sized at creation, num_sms known).
   DenseWorkspace dense_ws() const;
