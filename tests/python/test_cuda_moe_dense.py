@@ -138,6 +138,7 @@ def test_dense_is_deterministic():
         for _ in range(3):
             np.testing.assert_array_equal(ops.dense(x, wb, bias=b, f32_out=True, device="cuda"), out)
 
+
 @pytest.mark.skipif(os.environ.get("GPT_OSS_C_DENSE_WGMMA") is not None, reason="this is the mma.sync run")
 def test_dense_mma_sync_gemm_in_a_child_process():
     # On sm_90a, T > 128 takes the wgmma GEMM (dense_bf16_wgmma.cu); GPT_OSS_C_DENSE_WGMMA=0, read
@@ -343,4 +344,3 @@ def test_moe_stream_k_splits_in_a_child_process(ks):
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", sel], env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"MoE with GPT_OSS_C_MOE_STREAM_KS={ks} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
-
