@@ -31,8 +31,10 @@
 //    k chunks staged in shared memory by a STAGES-deep cp.async pipeline (zero-filled past T, N and
 //    K), swizzled 128-byte rows (mma_sm80.cuh) read with 16-byte shared loads, f32 accumulators in
 //    registers, fused bias / accumulate epilogue. For T <= 128 the k chunks are split over Z blocks
-//    (grid.z) whenever the tiles alone would leave SMs idle, reduced like the GEMV's.
+//    (grid.z) whenever the tiles alone would leave SMs idle, reduced like the GEMV's. On sm_90a,
+//    T > 128 takes the warpgroup-MMA GEMM instead (dense_bf16_wgmma.cu).
 #include "dense_bf16.cuh"
+#include "dense_bf16_wgmma.cuh"
 
 #include <cuda_bf16.h>
 
@@ -824,6 +826,7 @@ Status launch_dense_bf16(const DenseParams& p, const DenseWorkspace& ws, cudaStr
   if (p.T <= 8) return gemv<1, false>(a, ws, 0, stream);
   if (p.T <= 16) return gemv<2, false>(a, ws, 0, stream);
   if (p.T <= kGemmSplitMaxT) return launch_gemm_mid(a, ws, stream);
+  if (dense_wgmma_available()) return launch_dense_bf16_wgmma(p, stream);
   return launch_gemm<128, 128, 2, 4, 3, false>(a, ws, stream);
 }
 

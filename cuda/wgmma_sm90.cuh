@@ -1,4 +1,4 @@
-// sm_90a warpgroup MMA helpers of the MoE prefill kernel (moe_mxfp4_wgmma_rs.cu). GPTOSS_WGMMA is
+// sm_90a warpgroup MMA helpers of the prefill GEMMs (moe_mxfp4_wgmma_rs.cu, dense_bf16_wgmma.cu). GPTOSS_WGMMA is
 // defined only when compiling for sm_90a; elsewhere the kernels compile to a trap and are never
 // launched (wgmma_available()).
 #pragma once
@@ -31,9 +31,10 @@ __device__ __forceinline__ void wgmma_wait0() { wgmma_wait<0>(); }
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 // Pins the accumulators around the asynchronous MMA (the compiler must not move them between the
 // wgmma issue and its wait).
-__device__ __forceinline__ void fence_acc(float (&acc)[128]) {
+template <int N>
+__device__ __forceinline__ void fence_acc(float (&acc)[N]) {
 #pragma unroll
-  for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(acc[i])::"memory");
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(acc[i])::"memory");
 }
 #endif  // GPTOSS_WGMMA
 

@@ -139,6 +139,16 @@ def test_dense_is_deterministic():
             np.testing.assert_array_equal(ops.dense(x, wb, bias=b, f32_out=True, device="cuda"), out)
 
 
+@pytest.mark.skipif(os.environ.get("GPT_OSS_C_DENSE_WGMMA") is not None, reason="this is the mma.sync run")
+def test_dense_mma_sync_gemm_in_a_child_process():
+    # On sm_90a, T > 128 takes the wgmma GEMM (dense_bf16_wgmma.cu); GPT_OSS_C_DENSE_WGMMA=0, read
+    # once per process, puts the mma.sync GEMM back: a child reruns the dense tests with it.
+    env = dict(os.environ, GPT_OSS_C_DENSE_WGMMA="0")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "test_dense"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"dense with the mma.sync GEMM failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+
+
 # ---------------------------------------------------------------------------------------------
 # MoE
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,247 @@
+// Dense bf16 GEMM on sm_90a for prefill-sized steps (T > 128): y[t, n] (+)= x[t, :] . w[n, :] +
+// bias[n] with warpgroup MMA, both operands from shared memory (dense_bf16_wgmma.cuh).
+//
+// Why (bench/NOTES.md, session 6): the mma.sync GEMM (dense_bf16.cu, 128 x 128 tiles) ran the
+// 20b prefill's q/k/v at 233 TFLOP/s and the output projection at 219 (30% of the H200's measured
+// bf16 rate; kernel bench, session 4): ~480 us of a 2048-token prefill's ~1900 us per layer.
+//
+// Block = 2 warpgroups (256 threads) = 128 weight rows (warpgroup g: rows 64 g .. 64 g + 63, the
+// wgmma M) x 128 tokens (the wgmma N); grid (N / 128, T / 128), rounded up, weight blocks fastest
+// so that the blocks of one token tile run together and share its rows through L2. Per 64-wide k
+// chunk a kStages-deep cp.async ring stages both tiles, K-major with the 128-byte swizzle the wgmma
+// descriptors name (row m at m * 128, 16-byte piece q at q ^ (m & 7); zero-filled past N, T and
+// K). wgmma.wait_group 1 keeps one chunk's MMAs in flight while the next stage is refilled.
+// Epilogue: the accumulators go through shared memory (padded rows) so that the stores, bias and
+// the accumulate onto an f32 y are row-contiguous per token.
+#include "dense_bf16_wgmma.cuh"
+
+#include <cuda_bf16.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "cuda_backend.cuh"
+#include "cuda_check.cuh"
+#include "device_common.cuh"
+#include "mma_sm80.cuh"
+#include "wgmma_sm90.cuh"
+
+namespace gptoss {
+namespace {
+
+constexpr int kThreads = 256;  // two warpgroups
+constexpr int kBM = 128;       // weight rows per block
+constexpr int kBN = 128;       // tokens per block
+constexpr int kStages = 4;
+constexpr uint32_t kWBytes = kBM * 128, kXBytes = kBN * 128;  // one 64-wide chunk of each
+constexpr uint32_t kStageBytes = kWBytes + kXBytes;           // 32 KB, a multiple of 1024
+constexpr uint32_t kSmemBytes = kStages * kStageBytes + 1024;  // + alignment of the base
+constexpr int kOutStride = kBM + 4;  // f32 per token row of the epilogue tile (conflict-free writes)
+static_assert(size_t(kBN) * kOutStride * 4 <= size_t(kStages) * kStageBytes, "the epilogue tile fits the ring");
+
+struct WgArgs {
+  const bf16_t* x;
+  int ldx;
+  const bf16_t* w;
+  const float* bias;
+  void* y;
+  int ldy;
+  int T, K, N;
+  int y_f32, accumulate;
+  int y_vec4;  // y rows and ldy allow 4-element vector stores (16 bytes f32, 8 bytes bf16)
+};
+
+#ifdef GPTOSS_WGMMA
+// D[64][128] += A[64][16] * B[16][128], A (the weight rows) and B (the tokens) K-major with the
+// 128-byte swizzle in shared memory.
+__device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t a_desc, uint64_t b_desc) {
+  asm volatile(
+      "{\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, %64, %65, 1, 1, 1, 0, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(a_desc), "l"(b_desc));
+}
+#endif  // GPTOSS_WGMMA
+
+__global__ void __launch_bounds__(kThreads, 1) bf16_dense_gemm_wgmma(WgArgs a) {
+#ifdef GPTOSS_WGMMA
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t base = (tc::smem_addr(smem_raw) + 1023u) & ~1023u;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2, wq = warp & 3;
+  const int n0 = int(blockIdx.x) * kBM, t0 = int(blockIdx.y) * kBN;
+  const int chunks = (a.K + 63) / 64;
+
+  // Loader: 16-byte piece q of rows lrow + 32 p of both tiles (4 each per thread).
+  const int q = tid & 7, lrow = tid >> 3;
+  const bf16_t* wsrc[4];
+  const bf16_t* xsrc[4];
+  bool wv[4], xv[4];
+#pragma unroll
+  for (int p = 0; p < 4; ++p) {
+    const int row = lrow + 32 * p;
+    wv[p] = n0 + row < a.N;
+    xv[p] = t0 + row < a.T;
+    wsrc[p] = a.w + size_t(wv[p] ? n0 + row : 0) * a.K + 8 * q;
+    xsrc[p] = a.x + size_t(xv[p] ? t0 + row : 0) * a.ldx + 8 * q;
+  }
+  auto load_stage = [&](int j) {
+    const uint32_t st = base + uint32_t(j % kStages) * kStageBytes;
+    const bool vk = j * 64 + 8 * q < a.K;
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      const int row = lrow + 32 * p;
+      const uint32_t off = row * 128 + ((q ^ (row & 7)) << 4);
+      const bool w_ok = vk && wv[p], x_ok = vk && xv[p];
+      tc::cp_async_16(st + off, w_ok ? wsrc[p] + j * 64 : wsrc[p], w_ok);
+      tc::cp_async_16(st + kWBytes + off, x_ok ? xsrc[p] + j * 64 : xsrc[p], x_ok);
+    }
+  };
+
+  float acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < chunks) load_stage(s);
+    tc::cp_async_commit();
+  }
+  tc::cp_async_wait<kStages - 2>();  // chunk 0
+  moe::fence_proxy_async();
+  __syncthreads();
+
+  for (int j = 0; j < chunks; ++j) {
+    const uint32_t st = base + uint32_t(j % kStages) * kStageBytes;
+    const uint32_t wa = st + uint32_t(wg) * 64 * 128, xb = st + kWBytes;
+    moe::fence_acc(acc);
+    moe::wgmma_fence();
+#pragma unroll
+    for (int s = 0; s < 4; ++s) wgmma_ss_n128(acc, moe::desc_sw128(wa + 32 * s), moe::desc_sw128(xb + 32 * s));
+    moe::wgmma_commit();
+    moe::wgmma_wait<1>();              // chunk j - 1's MMAs are done: its stage may be refilled
+    tc::cp_async_wait<kStages - 3>();  // chunk j + 1 has landed
+    moe::fence_proxy_async();
+    __syncthreads();                   // every warpgroup is past chunk j - 1
+    if (j + kStages - 1 < chunks) load_stage(j + kStages - 1);
+    tc::cp_async_commit();
+    moe::fence_acc(acc);
+  }
+  moe::wgmma_wait0();
+  moe::fence_acc(acc);
+  tc::cp_async_wait<0>();
+  __syncthreads();  // the ring becomes the epilogue tile
+
+  // acc[4i + 2h + v] = weight row 64 wg + 16 wq + r + 8h, token 8i + 2c + v of the block's tile.
+  float* out = reinterpret_cast<float*>(smem_raw + (base - tc::smem_addr(smem_raw)));
+  const int r = lane >> 2, c = lane & 3;
+#pragma unroll
+  for (int i = 0; i < 16; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int v = 0; v < 2; ++v)
+        out[(8 * i + 2 * c + v) * kOutStride + 64 * wg + 16 * wq + r + 8 * h] = acc[4 * i + 2 * h + v];
+  __syncthreads();
+
+  // Token row tt of the tile by warp tt % 8; lane l holds rows n0 + 4 l .. 4 l + 3.
+  for (int tt = warp; tt < kBN; tt += kThreads / 32) {
+    const int t = t0 + tt, n = n0 + 4 * lane;
+    if (t >= a.T || n >= a.N) continue;
+    const float4 o = *reinterpret_cast<const float4*>(out + tt * kOutStride + 4 * lane);
+    float v[4] = {o.x, o.y, o.z, o.w};
+    const size_t off = size_t(t) * a.ldy + n;
+    if (a.y_vec4 && n + 3 < a.N) {
+      if (a.bias) {
+        const float4 b = *reinterpret_cast<const float4*>(a.bias + n);
+        v[0] += b.x; v[1] += b.y; v[2] += b.z; v[3] += b.w;
+      }
+      if (a.y_f32) {
+        float4* y = reinterpret_cast<float4*>(static_cast<float*>(a.y) + off);
+        if (a.accumulate) {
+          const float4 p = *y;
+          v[0] += p.x; v[1] += p.y; v[2] += p.z; v[3] += p.w;
+        }
+        *y = make_float4(v[0], v[1], v[2], v[3]);
+      } else {
+        const __nv_bfloat162 lo = __floats2bfloat162_rn(v[0], v[1]), hi = __floats2bfloat162_rn(v[2], v[3]);
+        uint2 pk;
+        std::memcpy(&pk.x, &lo, 4);
+        std::memcpy(&pk.y, &hi, 4);
+        *reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(a.y) + off) = pk;
+      }
+    } else {
+      for (int e = 0; e < 4 && n + e < a.N; ++e) {
+        float x = v[e] + (a.bias ? a.bias[n + e] : 0.0f);
+        if (a.y_f32) {
+          float* y = static_cast<float*>(a.y) + off + e;
+          *y = a.accumulate ? *y + x : x;
+        } else {
+          static_cast<__nv_bfloat16*>(a.y)[off + e] = __float2bfloat16_rn(x);
+        }
+      }
+    }
+  }
+#else
+  __trap();  // never launched: dense_wgmma_available() requires code compiled for sm_90a
+#endif
+}
+
+}  // namespace
+
+bool dense_wgmma_available() {
+  static const bool ok = [] {
+    const char* knob = std::getenv("GPT_OSS_C_DENSE_WGMMA");
+    if (cuda_force_portable() || (knob && std::strcmp(knob, "0") == 0)) return false;
+    int dev = 0, major = 0, minor = 0;
+    cudaFuncAttributes fa;
+    const bool r = cudaGetDevice(&dev) == cudaSuccess &&
+                   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+                   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
+                   major == 9 && minor == 0 && cudaFuncGetAttributes(&fa, bf16_dense_gemm_wgmma) == cudaSuccess &&
+                   fa.ptxVersion >= 90;
+    cudaGetLastError();
+    return r;
+  }();
+  return ok;
+}
+
+// Floors (gpt-oss-20b, T = 2048, ~770 TFLOP/s measured): q/k/v 60.4 GFLOP -> 78 us, the output
+// projection 48.3 GFLOP -> 63 us. Shared memory per 64-wide chunk and block: 32 KB of copies and
+// 2 x (8 + 16) KB of wgmma reads for 4.2 MFLOP: ~75 bytes per tensor-core cycle, under the 128.
+Status launch_dense_bf16_wgmma(const DenseParams& p, cudaStream_t stream) {
+  static const cudaError_t attr =
+      cudaFuncSetAttribute(bf16_dense_gemm_wgmma, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes));
+  GPTOSS_CUDA_CHECK(attr);
+  WgArgs a;
+  a.x = static_cast<const bf16_t*>(p.x);
+  a.ldx = p.ldx;
+  a.w = static_cast<const bf16_t*>(p.w);
+  a.bias = p.bias;
+  a.y = p.y;
+  a.ldy = p.ldy;
+  a.T = p.T;
+  a.K = p.K;
+  a.N = p.N;
+  a.y_f32 = p.y_type == DType::F32;
+  a.accumulate = p.accumulate;
+  a.y_vec4 = p.ldy % 4 == 0 && aligned_to(p.y, a.y_f32 ? 16 : 8) && (!p.bias || aligned_to(p.bias, 16));
+  const dim3 grid(unsigned((p.N + kBM - 1) / kBM), unsigned((p.T + kBN - 1) / kBN));
+  bf16_dense_gemm_wgmma<<<grid, kThreads, kSmemBytes, stream>>>(a);
+  GPTOSS_CUDA_LAUNCH_CHECK("bf16_dense_gemm_wgmma");
+  return Status::Ok();
+}
+
+}  // namespace gptoss
