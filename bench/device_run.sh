@@ -151,5 +151,12 @@ print('$ab decode', [round(bench_decode(m, 128, 256), 1) for _ in range(3)], '8K
   esac
 done
 # At most 8 files come back from a call: pack the logs into one archive, named after this run's
-# stages (a second run in the same call would otherwise overwrite the first one's archive).
-(cd "$OUT" && ls *.log >/dev/null 2>&1 && tar czf "logs_$(IFS=_; echo "$*").tgz" *.log && rm -f *.log)
+# stages and numbered when the same stage list ran before in this call (it would overwrite it).
+# A run whose stages wrote no log (quick) leaves no archive, and that is not a failure.
+pack_logs() {
+  cd "$OUT" && ls *.log >/dev/null 2>&1 || return 0
+  local name="logs_$(IFS=_; echo "$*")" n=""
+  while [ -e "$name$n.tgz" ]; do n=$((${n:-1} + 1)); done
+  tar czf "$name$n.tgz" *.log && rm -f *.log
+}
+(pack_logs "$@")

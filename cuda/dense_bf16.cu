@@ -47,6 +47,7 @@
 
 #include "cuda_check.cuh"
 #include "device_common.cuh"
+#include "kernel_caps.cuh"
 #include "mma_sm80.cuh"
 #include "pdl.cuh"
 #include "moe_input_cluster.cuh"
@@ -690,13 +691,11 @@ Status launch_gemv_ks(const DenseArgs& a, int ks, int groups, size_t smem, bool 
 // tile over Z blocks as well, about one group of U chunks per warp, within one wave.
 template <int NT, bool XS>
 Status gemv(DenseArgs a, const DenseWorkspace& ws, size_t smem, cudaStream_t stream) {
-  if constexpr (XS) {  // opt in to > 48 KB of dynamic shared memory, once per kernel (capture-safe)
-    static const cudaError_t attr[4] = {
-        cudaFuncSetAttribute(bf16_dense_gemv_mma<NT, 1, kGemvU, XS>, cudaFuncAttributeMaxDynamicSharedMemorySize, kXsMaxBytes),
-        cudaFuncSetAttribute(bf16_dense_gemv_mma<NT, 2, kGemvU, XS>, cudaFuncAttributeMaxDynamicSharedMemorySize, kXsMaxBytes),
-        cudaFuncSetAttribute(bf16_dense_gemv_mma<NT, 4, kGemvU, XS>, cudaFuncAttributeMaxDynamicSharedMemorySize, kXsMaxBytes),
-        cudaFuncSetAttribute(bf16_dense_gemv_mma<NT, 8, kGemvU, XS>, cudaFuncAttributeMaxDynamicSharedMemorySize, kXsMaxBytes)};
-    for (cudaError_t e : attr) GPTOSS_CUDA_CHECK(e);
+  if constexpr (XS) {  // opt in to > 48 KB of dynamic shared memory (x staged in shared memory)
+    GPTOSS_RETURN_IF_ERROR(ensure_smem(bf16_dense_gemv_mma<NT, 1, kGemvU, XS>, kXsMaxBytes, "bf16_dense_gemv_mma"));
+    GPTOSS_RETURN_IF_ERROR(ensure_smem(bf16_dense_gemv_mma<NT, 2, kGemvU, XS>, kXsMaxBytes, "bf16_dense_gemv_mma"));
+    GPTOSS_RETURN_IF_ERROR(ensure_smem(bf16_dense_gemv_mma<NT, 4, kGemvU, XS>, kXsMaxBytes, "bf16_dense_gemv_mma"));
+    GPTOSS_RETURN_IF_ERROR(ensure_smem(bf16_dense_gemv_mma<NT, 8, kGemvU, XS>, kXsMaxBytes, "bf16_dense_gemv_mma"));
   }
   const int tiles = (a.N + 15) / 16, chunks = (a.K + 63) / 64;
   const int bps = blocks_per_sm(bf16_dense_gemv_mma<NT, 8, kGemvU, XS>, kGemvWarps * 32, smem);
@@ -718,10 +717,7 @@ template <int BM, int BN, int WM, int WN, int STAGES, bool SPLIT>
 Status launch_gemm(DenseArgs a, const DenseWorkspace& ws, cudaStream_t stream) {
   constexpr int kSmem = STAGES * (BM + BN) * 128;
   auto kernel = bf16_dense_gemm_mma<BM, BN, WM, WN, STAGES, SPLIT>;
-  // Opt in to > 48 KB of dynamic shared memory once per process (the first call; the attribute
-  // call is host-side and may synchronise with pending copies, so not on every launch).
-  static const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-  GPTOSS_CUDA_CHECK(attr);
+  GPTOSS_RETURN_IF_ERROR(ensure_smem(kernel, kSmem, "bf16_dense_gemm_mma"));
   const int mt = (a.T + BM - 1) / BM, nt = (a.N + BN - 1) / BN, tiles = mt * nt, chunks = (a.K + 63) / 64;
   int Z = 1;
   if (SPLIT && ws.num_sms > 0 && tiles < 2 * ws.num_sms)  // ~2 blocks per SM, >= 4 chunks per split

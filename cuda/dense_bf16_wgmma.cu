@@ -20,9 +20,9 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "cuda_backend.cuh"
 #include "cuda_check.cuh"
 #include "device_common.cuh"
+#include "kernel_caps.cuh"
 #include "mma_sm80.cuh"
 #include "wgmma_sm90.cuh"
 
@@ -204,16 +204,7 @@ __global__ void __launch_bounds__(kThreads, 1) bf16_dense_gemm_wgmma(WgArgs a) {
 bool dense_wgmma_available() {
   static const bool ok = [] {
     const char* knob = std::getenv("GPT_OSS_C_DENSE_WGMMA");
-    if (cuda_force_portable() || (knob && std::strcmp(knob, "0") == 0)) return false;
-    int dev = 0, major = 0, minor = 0;
-    cudaFuncAttributes fa;
-    const bool r = cudaGetDevice(&dev) == cudaSuccess &&
-                   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-                   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
-                   major == 9 && minor == 0 && cudaFuncGetAttributes(&fa, bf16_dense_gemm_wgmma) == cudaSuccess &&
-                   fa.ptxVersion >= 90;
-    cudaGetLastError();
-    return r;
+    return !(knob && std::strcmp(knob, "0") == 0) && sm90_code_runnable(bf16_dense_gemm_wgmma, /*exact_90=*/true);
   }();
   return ok;
 }
@@ -222,9 +213,7 @@ bool dense_wgmma_available() {
 // projection 48.3 GFLOP -> 63 us. Shared memory per 64-wide chunk and block: 32 KB of copies and
 // 2 x (8 + 16) KB of wgmma reads for 4.2 MFLOP: ~75 bytes per tensor-core cycle, under the 128.
 Status launch_dense_bf16_wgmma(const DenseParams& p, cudaStream_t stream) {
-  static const cudaError_t attr =
-      cudaFuncSetAttribute(bf16_dense_gemm_wgmma, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes));
-  GPTOSS_CUDA_CHECK(attr);
+  GPTOSS_RETURN_IF_ERROR(ensure_smem(bf16_dense_gemm_wgmma, kSmemBytes, "bf16_dense_gemm_wgmma"));
   WgArgs a;
   a.x = static_cast<const bf16_t*>(p.x);
   a.ldx = p.ldx;

@@ -29,8 +29,8 @@
 #include <string>
 
 #include "cuda_check.cuh"
-#include "cuda_backend.cuh"
 #include "device_common.cuh"
+#include "kernel_caps.cuh"
 #include "mma_sm80.cuh"
 #include "moe_input_cluster.cuh"
 #include "pdl.cuh"
@@ -202,16 +202,7 @@ __global__ void __launch_bounds__(kThreads) moe_input_cluster(ClusterArgs a) {
 // An sm_90+ device, this kernel built as sm_90 code (not compute_80 PTX JIT-compiled for it), and
 // no GPT_OSS_C_FORCE_PORTABLE=1.
 bool cluster_kernel_available() {
-  static const bool ok = [] {
-    if (cuda_force_portable()) return false;
-    int dev = 0, major = 0;
-    cudaFuncAttributes fa;
-    const bool r = cudaGetDevice(&dev) == cudaSuccess &&
-                   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-                   major >= 9 && cudaFuncGetAttributes(&fa, moe_input_cluster) == cudaSuccess && fa.ptxVersion >= 90;
-    cudaGetLastError();
-    return r;
-  }();
+  static const bool ok = sm90_code_runnable(moe_input_cluster, /*exact_90=*/false);
   return ok;
 }
 
@@ -268,26 +259,10 @@ Status launch_moe_input_cluster(const MoEInputParams& p, bool pdl, cudaStream_t 
   if (!moe_input_cluster_fits(p))
     return make_error(StatusCode::InvalidArgument, "moe_input: this call does not fit the cluster kernel");
   const ClusterArgs a = cluster_args(p);
-  static const cudaError_t attr =
-      cudaFuncSetAttribute(moe_input_cluster, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
-  GPTOSS_CUDA_CHECK(attr);
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(unsigned((a.T + kChunkTokens - 1) / kChunkTokens * kRanks));
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem_layout(a.E, a.nv_max, a.ws_stride, a.P).bytes;
-  cfg.stream = stream;
-  cudaLaunchAttribute at[2];
-  at[0].id = cudaLaunchAttributeClusterDimension;
-  at[0].val.clusterDim.x = kRanks;
-  at[0].val.clusterDim.y = 1;
-  at[0].val.clusterDim.z = 1;
-  at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  at[1].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = at;
-  cfg.numAttrs = pdl ? 2 : 1;
-  GPTOSS_CUDA_CHECK(cudaLaunchKernelEx(&cfg, moe_input_cluster, a));
-  GPTOSS_CUDA_LAUNCH_CHECK("moe_input_cluster");
-  return Status::Ok();
+  GPTOSS_RETURN_IF_ERROR(ensure_smem(moe_input_cluster, kMaxSmem, "moe_input_cluster"));
+  return launch_pdl_cluster(moe_input_cluster, dim3(unsigned((a.T + kChunkTokens - 1) / kChunkTokens * kRanks)),
+                            dim3(kThreads), smem_layout(a.E, a.nv_max, a.ws_stride, a.P).bytes, kRanks, pdl, stream,
+                            "moe_input_cluster", a);
 }
 
 }  // namespace gptoss

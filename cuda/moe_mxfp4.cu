@@ -20,10 +20,7 @@
 #include "moe_mxfp4.cuh"
 
 #include <algorithm>
-#include <atomic>
-#include <mutex>
 #include <string>
-#include <unordered_map>
 
 #include "cuda_check.cuh"
 #include "device_common.cuh"
@@ -31,40 +28,6 @@
 #include "moe_mxfp4_impl.cuh"
 
 namespace gptoss {
-namespace moe {
-
-Status ensure_smem(const void* kernel, size_t bytes, const char* name) {
-  int dev = 0;
-  GPTOSS_CUDA_CHECK(cudaGetDevice(&dev));
-  static std::atomic<int> optin_of[64] = {};  // per device; 0 = not queried yet
-  int optin = dev >= 0 && dev < 64 ? optin_of[dev].load(std::memory_order_relaxed) : 0;
-  if (optin == 0) {
-    GPTOSS_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    if (dev >= 0 && dev < 64) optin_of[dev].store(optin, std::memory_order_relaxed);
-  }
-  // The kernel's static shared memory counts against the same opt-in limit as the dynamic part
-  // (asking for the whole opt-in as dynamic fails with cudaErrorInvalidValue when there is any).
-  cudaFuncAttributes fa;
-  GPTOSS_CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
-  if (bytes + fa.sharedSizeBytes > size_t(optin))
-    return make_error(StatusCode::Unsupported, std::string(name) + " needs " + std::to_string(bytes) + " + " +
-                                                   std::to_string(fa.sharedSizeBytes) +
-                                                   " bytes of shared memory; this device allows " + std::to_string(optin));
-  if (bytes <= 48 * 1024) return Status::Ok();
-  // Raise the limit once per kernel and size (the attribute call is host-side and may synchronise
-  // with pending copies, so not on every launch).
-  static std::mutex mu;
-  static std::unordered_map<const void*, size_t> raised;
-  std::lock_guard<std::mutex> lock(mu);
-  size_t& have = raised[kernel];
-  if (have < bytes) {
-    GPTOSS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-    have = bytes;
-  }
-  return Status::Ok();
-}
-
-}  // namespace moe
 
 namespace {
 

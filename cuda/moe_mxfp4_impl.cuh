@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "common.h"
+#include "kernel_caps.cuh"
 #include "mma_sm80.cuh"
 #include "mxfp4_layout.cuh"
 #include "pdl.cuh"
@@ -81,9 +82,7 @@ __device__ __forceinline__ float swiglu(float glu, float lin, float alpha, float
 // ---------------------------------------------------------------------------------------------
 // Host helpers
 // ---------------------------------------------------------------------------------------------
-// Sets the kernel's dynamic shared memory limit to the device's opt-in maximum (once per kernel
-// and process) and checks that `bytes` fits under it.
-Status ensure_smem(const void* kernel, size_t bytes, const char* name);
+// ensure_smem (raise a kernel's dynamic shared memory limit): kernel_caps.cuh.
 
 // ---------------------------------------------------------------------------------------------
 // Streaming kernels: decode and batched decode (moe_mxfp4_stream.cu, moe_mxfp4_stream_batch.cu)

@@ -32,8 +32,8 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "cuda_backend.cuh"
 #include "cuda_check.cuh"
+#include "kernel_caps.cuh"
 #include "moe_mxfp4_impl.cuh"
 #include "wgmma_sm90.cuh"
 
@@ -323,22 +323,8 @@ Status launch(const GemmArgs& a, int max_tiles, cudaStream_t stream) {
 }  // namespace
 
 bool wgmma_available() {
-  if (cuda_force_portable()) return false;
-  int dev = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  if (major != 9 || minor != 0) return false;
-  // The kernels must come from sm_90a code, not from compute_80 PTX JIT-compiled for this device.
-  static const bool built = [] {
-    cudaFuncAttributes fa;
-    const bool ok = cudaFuncGetAttributes(&fa, bf16_mxfp4w_moe_wgmma_rs<true, true>) == cudaSuccess && fa.ptxVersion >= 90;
-    cudaGetLastError();
-    return ok;
-  }();
-  return built;
+  static const bool ok = sm90_code_runnable(bf16_mxfp4w_moe_wgmma_rs<true, true>, /*exact_90=*/true);
+  return ok;
 }
 
 Status launch_prefill_permute(const bf16_t* src, int ld_src, bf16_t* dst, int T, int K, cudaStream_t stream) {

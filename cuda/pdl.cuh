@@ -25,24 +25,43 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 #endif
 }
 
-// Launches kernel<<<grid, threads, smem, stream>>>(args...), with programmatic stream
+// Launches kernel<<<grid, threads, smem, stream>>>(args...) in thread-block clusters of
+// `cluster_x` blocks along x (0: no cluster attribute; sm_90), with programmatic stream
 // serialisation when `pdl` (the caller decides: sm_90 and not disabled), checking the launch.
 template <class... KArgs, class... Args>
-Status launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 threads, size_t smem, bool pdl, cudaStream_t stream,
-                  const char* name, Args&&... args) {
+Status launch_pdl_cluster(void (*kernel)(KArgs...), dim3 grid, dim3 threads, size_t smem, unsigned cluster_x, bool pdl,
+                          cudaStream_t stream, const char* name, Args&&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = threads;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  unsigned n = 0;
+  if (cluster_x > 0) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = cluster_x;
+    attr[n].val.clusterDim.y = 1;
+    attr[n].val.clusterDim.z = 1;
+    ++n;
+  }
+  if (pdl) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
+  cfg.numAttrs = n;
   GPTOSS_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
   GPTOSS_CUDA_LAUNCH_CHECK(name);
   return Status::Ok();
+}
+
+// launch_pdl_cluster without clusters.
+template <class... KArgs, class... Args>
+Status launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 threads, size_t smem, bool pdl, cudaStream_t stream,
+                  const char* name, Args&&... args) {
+  return launch_pdl_cluster(kernel, grid, threads, smem, 0, pdl, stream, name, std::forward<Args>(args)...);
 }
 
 }  // namespace gptoss

@@ -43,6 +43,14 @@ F32_REL = 1e-5
 BF16_OUT = 2.0**-8
 
 
+def rerun_in_child(env, selection, what):
+    # Knobs such as GPT_OSS_C_FORCE_PORTABLE are read once per process: a child pytest reruns the
+    # tests `selection` picks in this file with `env` added, and must pass.
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
+                          env=dict(os.environ, **env), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{what} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+
+
 # ---------------------------------------------------------------------------------------------
 # dense
 # ---------------------------------------------------------------------------------------------
@@ -143,10 +151,7 @@ def test_dense_is_deterministic():
 def test_dense_mma_sync_gemm_in_a_child_process():
     # On sm_90a, T > 128 takes the wgmma GEMM (dense_bf16_wgmma.cu); GPT_OSS_C_DENSE_WGMMA=0, read
     # once per process, puts the mma.sync GEMM back: a child reruns the dense tests with it.
-    env = dict(os.environ, GPT_OSS_C_DENSE_WGMMA="0")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "test_dense"],
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"dense with the mma.sync GEMM failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+    rerun_in_child({"GPT_OSS_C_DENSE_WGMMA": "0"}, "test_dense", "dense with the mma.sync GEMM")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,12 +329,9 @@ def test_moe_subnormal_scales(T):
 def test_moe_portable_kernels_in_a_child_process():
     # GPT_OSS_C_FORCE_PORTABLE=1 is read once per process: a child reruns the MoE path tests with
     # the mma.sync GEMM instead of wgmma, and the streaming kernels without programmatic dependent launch.
-    env = dict(os.environ, GPT_OSS_C_FORCE_PORTABLE="1")
     sel = ("moe_decode or moe_batch_route_tiles or moe_tiles or moe_expert_counts or moe_skewed or moe_scale"
            " or moe_subnormal or moe_is_det")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", sel], env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"portable MoE kernels failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+    rerun_in_child({"GPT_OSS_C_FORCE_PORTABLE": "1"}, sel, "portable MoE kernels")
 
 
 @pytest.mark.skipif(os.environ.get("GPT_OSS_C_MOE_STREAM_KS") is not None, reason="this is a K-split run")
@@ -339,8 +341,5 @@ def test_moe_stream_k_splits_in_a_child_process(ks):
     # take 4 (T * k <= 4) and 2. GPT_OSS_C_MOE_STREAM_KS is read once per process: a child reruns the
     # streaming decode tests with KS = 8 for both launches, and with 2 for mlp1 and 4 for mlp2 at
     # every T (small K: warps with no chunks; tiles not a multiple of the block's tile groups).
-    env = dict(os.environ, GPT_OSS_C_MOE_STREAM_KS=ks)
     sel = "moe_decode or moe_skewed or moe_is_det or moe_expert_counts or gpt_oss_20b"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", sel], env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"MoE with GPT_OSS_C_MOE_STREAM_KS={ks} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+    rerun_in_child({"GPT_OSS_C_MOE_STREAM_KS": ks}, sel, f"MoE with GPT_OSS_C_MOE_STREAM_KS={ks}")
