@@ -49,8 +49,8 @@
 #include "device_common.cuh"
 #include "kernel_caps.cuh"
 #include "mma_sm80.cuh"
-#include "pdl.cuh"
 #include "moe_input_cluster.cuh"
+#include "pdl.cuh"
 #include "router_topk.cuh"
 
 namespace gptoss {
@@ -634,7 +634,6 @@ __global__ void __launch_bounds__(WM * WN * 32) bf16_dense_gemm_mma(DenseArgs a)
 // launchers
 // ---------------------------------------------------------------------------------------------
 namespace {
-
 
 constexpr int kGemvU = 2;                     // chunks per load group: <= ~100 registers, 2-3 blocks per SM
 constexpr int kXsMaxBytes = 64 * 1024;        // fused-norm x in shared memory (T = 8 at K = 2880: 46.6 KB)

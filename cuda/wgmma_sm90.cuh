@@ -9,6 +9,26 @@
 #define GPTOSS_WGMMA 1
 #endif
 
+// The operand lists every m64nNk16 wrapper spells out (N / 2 f32 accumulators per thread): the
+// accumulator placeholders of the instruction text and their "+f" constraints, in blocks of 32.
+#define GPTOSS_WG_PH32_0 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define GPTOSS_WG_PH32_32 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define GPTOSS_WG_PH32_64 "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
+  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
+#define GPTOSS_WG_PH32_96 "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
+  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+#define GPTOSS_WG_PH32 GPTOSS_WG_PH32_0
+#define GPTOSS_WG_PH64 GPTOSS_WG_PH32_0 ", " GPTOSS_WG_PH32_32
+#define GPTOSS_WG_PH128 GPTOSS_WG_PH64 ", " GPTOSS_WG_PH32_64 ", " GPTOSS_WG_PH32_96
+#define GPTOSS_WG_ACC8(d, i) \
+  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+#define GPTOSS_WG_ACC32(d, i) \
+  GPTOSS_WG_ACC8(d, i), GPTOSS_WG_ACC8(d, i + 8), GPTOSS_WG_ACC8(d, i + 16), GPTOSS_WG_ACC8(d, i + 24)
+#define GPTOSS_WG_ACC64(d) GPTOSS_WG_ACC32(d, 0), GPTOSS_WG_ACC32(d, 32)
+#define GPTOSS_WG_ACC128(d) GPTOSS_WG_ACC64(d), GPTOSS_WG_ACC32(d, 64), GPTOSS_WG_ACC32(d, 96)
+
 namespace gptoss {
 namespace moe {
 
