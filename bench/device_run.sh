@@ -16,6 +16,10 @@ python3 -c "import gpt_oss_c, gpt_oss_c._core as c; print(gpt_oss_c.build_info()
 # and the stages below expect it (touched: newer than its sources, so the script does not rebuild it).
 use_bench_binary() { mkdir -p build/bench && cp .whl/bench/cuda_kernels build/bench/ && touch build/bench/cuda_kernels; }
 
+# Runs "$@" with the A/B setting $1 added to the environment ("-": the defaults), e.g.
+# with_env GPT_OSS_C_DENSE_WGMMA=0 cmd args.
+with_env() { local ab=$1; shift; if [ "$ab" = - ]; then "$@"; else env "$ab" "$@"; fi; }
+
 # The synthetic 20b checkpoint the whole-model stages load (written once per machine, in /dev/shm).
 synthetic_20b() { python3 -c "from gpt_oss_c.bench import scratch_checkpoint; scratch_checkpoint('20b', 'hf', None)" 2>&1 | tail -1; }
 
@@ -98,7 +102,7 @@ for stage in "$@"; do
       use_bench_binary
       for ab in ${KAB_AB:--}; do
         echo "== kab $ab: ${KAB_ARGS:-20 moe:1}"
-        env $([ "$ab" = - ] || echo "$ab") timeout 120 build/bench/cuda_kernels ${KAB_ARGS:-20 moe:1} 2>&1 | tee -a "$OUT/kab.log" |
+        with_env "$ab" timeout 120 build/bench/cuda_kernels ${KAB_ARGS:-20 moe:1} 2>&1 | tee -a "$OUT/kab.log" |
           grep -v '"device"' | cut -c1-150
       done ;;
     quick)
@@ -107,7 +111,7 @@ for stage in "$@"; do
       # for an A/B: QUICK_AB lists environment settings, one run each ("-": the defaults).
       synthetic_20b
       for ab in ${QUICK_AB:--}; do
-        env $([ "$ab" = - ] || echo "$ab") timeout 90 python3 -c "
+        with_env "$ab" timeout 90 python3 -c "
 import gpt_oss_c
 from gpt_oss_c.bench import bench_batch, bench_decode, bench_prefill
 m = gpt_oss_c.load('/dev/shm/gpt_oss_c-bench-20b-hf', device='cuda', max_context=8192 + 512, max_batch=64)

@@ -227,20 +227,19 @@ Status CudaBackend::synchronize() {
 }
 
 Status CudaBackend::sync_and_check(void* dst, const void* src, size_t bytes) {
-  // The record is read on the backend's stream: after the kernels that write it, before the next ones.
+  // The record is read on the backend's stream: after the kernels that write it, before the next
+  // ones. Both copies land in the pinned area when there is one (the data only when it fits there),
+  // so one stream wait covers them.
+  char* rb = static_cast<char*>(readback_);
+  const bool data_pinned = rb && bytes <= kReadbackBytes - kReadbackData;
   DeviceErrorRecord r;
-  if (readback_ && bytes <= kReadbackBytes - kReadbackData) {
-    char* rb = static_cast<char*>(readback_);
-    if (bytes) GPTOSS_CUDA_CHECK(cudaMemcpyAsync(rb + kReadbackData, src, bytes, cudaMemcpyDeviceToHost, stream_));
-    GPTOSS_CUDA_CHECK(cudaMemcpyAsync(rb, device_errors_, sizeof(r), cudaMemcpyDeviceToHost, stream_));
-    GPTOSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    if (bytes) std::memcpy(dst, rb + kReadbackData, bytes);
-    std::memcpy(&r, rb, sizeof(r));
-  } else {
-    if (bytes) GPTOSS_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
-    GPTOSS_CUDA_CHECK(cudaMemcpyAsync(&r, device_errors_, sizeof(r), cudaMemcpyDeviceToHost, stream_));
-    GPTOSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  }
+  void* data_dst = data_pinned ? rb + kReadbackData : dst;
+  void* rec_dst = rb ? static_cast<void*>(rb) : static_cast<void*>(&r);
+  if (bytes) GPTOSS_CUDA_CHECK(cudaMemcpyAsync(data_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+  GPTOSS_CUDA_CHECK(cudaMemcpyAsync(rec_dst, device_errors_, sizeof(r), cudaMemcpyDeviceToHost, stream_));
+  GPTOSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (bytes && data_pinned) std::memcpy(dst, data_dst, bytes);
+  if (rb) std::memcpy(&r, rb, sizeof(r));
   if (profiler_.enabled()) profiler_.collect();
   return report_device_error(r);
 }
