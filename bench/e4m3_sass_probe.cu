@@ -25,6 +25,14 @@ __device__ __forceinline__ void unpack_e4m3(uint32_t u, uint32_t& lo, uint32_t& 
   hi = (__funnelshift_l(u, u, 2) & 0x8C8C8C8Cu) | (__funnelshift_l(u, u, 30) & 0x10101010u);
 }
 
+// A lane's 16 code bytes of one chunk -> the 8 e4m3 registers of its two k32 MMA steps.
+__device__ __forceinline__ void unpack_chunk(const uint4& w, uint32_t (&A)[8]) {
+  unpack_e4m3(w.x, A[0], A[1]);
+  unpack_e4m3(w.y, A[2], A[3]);
+  unpack_e4m3(w.z, A[4], A[5]);
+  unpack_e4m3(w.w, A[6], A[7]);
+}
+
 __device__ __forceinline__ void block_factors(uint32_t sw, float (&f)[4]) {
   const uint32_t v = sw + 0x06060606u;  // s + 6 per byte (s <= 249)
   f[0] = __uint_as_float((v << 23) & 0x7F800000u);
@@ -72,10 +80,7 @@ extern "C" __global__ void probe_mma_e4m3(const uint4* __restrict__ w, const uin
     const uint4 ww = w[j * 32 + threadIdx.x];
     const uint4 bb = b[j * 4 + (threadIdx.x & 3)];
     uint32_t A[8];
-    unpack_e4m3(ww.x, A[0], A[1]);
-    unpack_e4m3(ww.y, A[2], A[3]);
-    unpack_e4m3(ww.z, A[4], A[5]);
-    unpack_e4m3(ww.w, A[6], A[7]);
+    unpack_chunk(ww, A);
     float f[4], c0[4], c1[4];
     block_factors(s[j * 8 + (threadIdx.x >> 2)], f);
     mma_e4m3(c0, A, bb.x, bb.y);
@@ -101,10 +106,7 @@ extern "C" __global__ void probe_wgmma_e4m3(const uint4* __restrict__ w, const u
   for (int j = 0; j < n; ++j) {
     const uint4 ww = w[j * 128 + threadIdx.x];
     uint32_t A[8];
-    unpack_e4m3(ww.x, A[0], A[1]);
-    unpack_e4m3(ww.y, A[2], A[3]);
-    unpack_e4m3(ww.z, A[4], A[5]);
-    unpack_e4m3(ww.w, A[6], A[7]);
+    unpack_chunk(ww, A);
     float f[4], c0[4], c1[4];
     block_factors(s[j * 32 + (threadIdx.x >> 2)], f);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
