@@ -418,11 +418,14 @@ size_t Engine::ints_count() const {
 // a few dozen bytes in one copy: the ints, then (8-byte aligned) the sampling counters and settings.
 Engine::StepIO Engine::step_io(int T, int S, int R) const {
   StepIO io;
-  const size_t ints = size_t(3) * T + size_t(3) * S + 1 + size_t(R), at = (ints * 4 + 7) / 8 * 8;
-  io.ints = static_cast<int32_t*>(ws_.io);
-  io.counters = reinterpret_cast<int64_t*>(static_cast<uint8_t*>(ws_.io) + at);
-  io.sampling = reinterpret_cast<SamplingConfig*>(static_cast<uint8_t*>(ws_.io) + at + size_t(R) * 8);
-  io.upload_bytes = at + size_t(R) * (8 + sizeof(SamplingConfig));
+  const size_t ints = size_t(3) * T + size_t(3) * S + 1 + size_t(R);
+  io.counters_at = (ints * 4 + 7) / 8 * 8;
+  io.sampling_at = io.counters_at + size_t(R) * 8;
+  io.upload_bytes = io.sampling_at + size_t(R) * sizeof(SamplingConfig);
+  uint8_t* base = static_cast<uint8_t*>(ws_.io);
+  io.ints = reinterpret_cast<int32_t*>(base);
+  io.counters = reinterpret_cast<int64_t*>(base + io.counters_at);
+  io.sampling = reinterpret_cast<SamplingConfig*>(base + io.sampling_at);
   return io;
 }
 
@@ -550,9 +553,8 @@ Status Engine::run_chunk(const std::vector<SeqInput>& seqs, const Chunk& chunk, 
   for (int r = 0; r < R; ++r) rows[r] = seq_tok0[ending[size_t(r)] + 1] - 1;
   bool greedy = sample && R > 0;  // every ending sequence decodes greedily
   if (sample && R > 0) {
-    uint8_t* base = host_io_.data();
-    auto* counters = reinterpret_cast<int64_t*>(base + (reinterpret_cast<uint8_t*>(io.counters) - static_cast<uint8_t*>(ws_.io)));
-    auto* cfgs = reinterpret_cast<SamplingConfig*>(base + (reinterpret_cast<uint8_t*>(io.sampling) - static_cast<uint8_t*>(ws_.io)));
+    auto* counters = reinterpret_cast<int64_t*>(host_io_.data() + io.counters_at);
+    auto* cfgs = reinterpret_cast<SamplingConfig*>(host_io_.data() + io.sampling_at);
     for (int r = 0; r < R; ++r) {
       const SeqInput& s = seqs[size_t(chunk.seq[size_t(ending[size_t(r)])])];
       cfgs[r] = s.sampling;

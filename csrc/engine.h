@@ -115,6 +115,7 @@ class Engine {
   // the chunk's T, S and R, so a replayed decode graph, keyed by S = T = R, always finds them).
   struct StepIO {
     size_t upload_bytes = 0;           // the inputs: bytes [0, upload_bytes) of ws_.io
+    size_t counters_at = 0, sampling_at = 0;  // byte offsets of counters and sampling (host staging too)
     int32_t* ints = nullptr;           // ids[T] | tok_pos[T] | tok_seq[T] | seq_slot[S] | seq_start[S] | seq_tok0[S+1] | rows[R]
     int64_t* counters = nullptr;       // [R]
     SamplingConfig* sampling = nullptr;  // [R]
