@@ -23,7 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["bench/cuda_kernels_main.cu", "bench/cuda_kernels_check.cu", "cuda/attention.cu", "cuda/dense_bf16*.cu",
-           "cuda/moe_mxfp4*.cu", "cuda/moe_input_cluster.cu", "cuda/expert_route.cu", "cuda/kernel_caps.cu", "cuda/mxfp4_layout.cu"]
+           "cuda/moe_mxfp4*.cu", "cuda/moe_input_cluster.cu",
+           "cuda/moe_input_expert_split.cu", "cuda/expert_route.cu", "cuda/kernel_caps.cu", "cuda/mxfp4_layout.cu"]
 
 
 def build(nvcc: str, exe: Path) -> None:

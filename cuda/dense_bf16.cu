@@ -50,6 +50,7 @@
 #include "kernel_caps.cuh"
 #include "mma_sm80.cuh"
 #include "moe_input_cluster.cuh"
+#include "moe_input_expert_split.cuh"
 #include "pdl.cuh"
 #include "router_topk.cuh"
 
@@ -850,7 +851,7 @@ size_t moe_input_smem(const MoEInputParams& p) {
 }  // namespace
 
 bool moe_input_fusable(const MoEInputParams& p) {
-  if (moe_input_cluster_fits(p)) return true;
+  if (moe_input_expert_split_fits(p) || moe_input_cluster_fits(p)) return true;
   const DenseParams& d = p.gate;
   const RouterParams& r = p.router;
   return norm_dense_fusable(p.norm, d) && d.y_type == DType::F32 && (reinterpret_cast<uintptr_t>(d.y) & 3u) == 0 &&
@@ -888,10 +889,12 @@ Status launch_attn_input_fused(const AttnInputParams& p, const DenseWorkspace& w
   return gemv<1, true>(a, ws, size_t(d.T) * gemv_xs_row_bytes(d.K), stream);
 }
 
-// sm_90: the cluster kernel (cuda/moe_input_cluster.cu). Elsewhere the GEMV fusion, T <= 8. Floor:
-// the router weights (184 KB at 20b) are nothing; one round of loads, the split-K meeting and the
+// sm_90: one token takes the expert-split kernel (cuda/moe_input_expert_split.cu), up to 128 the
+// K-split cluster kernel (cuda/moe_input_cluster.cu). Elsewhere the GEMV fusion, T <= 8. Floor: the
+// router weights (184 KB at 20b) are nothing; one round of loads, the meeting of the blocks and the
 // top-k of one warp: ~3 us of latency, in one launch instead of three.
 Status launch_moe_input_fused(const MoEInputParams& p, const DenseWorkspace& ws, cudaStream_t stream) {
+  if (moe_input_expert_split_fits(p)) return launch_moe_input_expert_split(p, ws.pdl, stream);
   if (moe_input_cluster_fits(p)) return launch_moe_input_cluster(p, ws.pdl, stream);
   if (!moe_input_fusable(p))
     return make_error(StatusCode::InvalidArgument, "moe_input: this call does not fit the fused CUDA kernel");

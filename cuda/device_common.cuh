@@ -27,35 +27,40 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Sum over the whole block, returned to every thread. blockDim.x must be a multiple of 32; `red`
-// is 32 floats of shared memory. The reduction tree is fixed, so the result is deterministic.
-__device__ __forceinline__ float block_sum(float v, float* red) {
+// Sum over the first `nwarps` warps of the block (all of them by default), returned to every thread;
+// the other warps contribute nothing but must call it too (two block barriers). `red` is 32 floats
+// of shared memory. The reduction tree is fixed, so the result is deterministic.
+__device__ __forceinline__ float block_sum(float v, float* red, int nwarps = -1) {
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  const int nwarps = blockDim.x / kWarpSize;
+  if (nwarps < 0) nwarps = blockDim.x / kWarpSize;
   v = warp_sum(v);
   __syncthreads();  // `red` may still be read by a previous call
-  if (lane == 0) red[warp] = v;
+  if (lane == 0 && warp < nwarps) red[warp] = v;
   __syncthreads();
   v = lane < nwarps ? red[lane] : 0.0f;
   return warp_sum(v);
 }
 
-// RMSNorm of one f32 row x4[0 .. n4) (n4 = H / 4 float4s) times the weights g4, the whole block
-// taking part: store(i, float4) receives elements 4i .. 4i + 3. The one loop and reduction order
-// that f32_rmsnorm (cuda/rmsnorm.cu) and the dense GEMV's fused prologue (cuda/dense_bf16.cu) share,
-// so the fused decode path rounds exactly like the plain op. `red`: 32 floats of shared memory.
+// RMSNorm of one f32 row x4[0 .. n4) (n4 = H / 4 float4s) times the weights g4, the first `nthreads`
+// threads of the block taking part (all by default; a multiple of 32; every thread must call it):
+// store(i, float4) receives elements 4i .. 4i + 3. The one loop and reduction order that
+// f32_rmsnorm (cuda/rmsnorm.cu, 256 threads) and the fused decode prologues (cuda/dense_bf16.cu,
+// cuda/moe_input_expert_split.cu) share, so the fused paths round exactly like the plain op. g4 may
+// point to global or shared memory (plain loads). `red`: 32 floats of shared memory.
 template <class Store>
 __device__ __forceinline__ void rmsnorm_row(const float4* x4, const float4* g4, int n4, int H, float eps, float* red,
-                                            Store store) {
+                                            Store store, int nthreads = -1) {
+  if (nthreads < 0) nthreads = blockDim.x;
+  const bool in = int(threadIdx.x) < nthreads;
   float ss = 0.0f;
-  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+  for (int i = threadIdx.x; in && i < n4; i += nthreads) {
     const float4 v = x4[i];
     ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
   }
-  ss = block_sum(ss, red);
+  ss = block_sum(ss, red, nthreads / kWarpSize);
   const float inv = rsqrtf(ss / float(H) + eps);
-  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-    const float4 v = x4[i], g = __ldg(g4 + i);
+  for (int i = threadIdx.x; in && i < n4; i += nthreads) {
+    const float4 v = x4[i], g = g4[i];
     store(i, make_float4(v.x * inv * g.x, v.y * inv * g.y, v.z * inv * g.z, v.w * inv * g.w));
   }
 }

@@ -5,12 +5,13 @@ On the CPU they are the composition of the single ops (Backend's default), check
 float64 references of tests/reference.py at f32 tolerance. On CUDA, attn_input steps of <= 8 tokens
 run one fused kernel (cuda/dense_bf16.cu: the norm in every block's prologue, the GEMV, then the
 RoPE / KV append in its epilogue), larger ones the composition; moe_input steps of <= 128 tokens
-(E <= 128) run the thread-block-cluster kernel on sm_90 (cuda/moe_input_cluster.cu: chunks of 16
-tokens, so 17 and 64 cross chunks), elsewhere the GEMV fusion with the top-k in its epilogue for
-<= 8 tokens. CUDA is checked against the same ops run one by one on CUDA (the engine's unfused
+(E <= 128) run a thread-block-cluster kernel on sm_90 (one token: cuda/moe_input_expert_split.cu,
+experts split over the blocks, E = 33 and 128 over 2 and 4; more: cuda/moe_input_cluster.cu, K split,
+chunks of 16 tokens, so 17 and 64 cross chunks), elsewhere the GEMV fusion with the top-k in its
+epilogue for <= 8 tokens. CUDA is checked against the same ops run one by one on CUDA (the engine's unfused
 path: bf16 at every op boundary):
-  * xn: the GEMV prologue repeats f32_rmsnorm's loop and reduction order for one token; for
-    several, and in the cluster kernel, the sum of squares runs in another order; two roundings of nearly equal values are at
+  * xn: for one token every fused path repeats f32_rmsnorm's loop and reduction order (bit for
+    bit, asserted); for several, and in the K-split cluster kernel, the sum of squares runs in another order; two roundings of nearly equal values are at
     most one ulp apart (2 x 2^-8 relative);
   * q/k/v: the GEMV's f32 sums may be split differently, so a pre-RoPE value may round to the
     neighbouring bf16 (one ulp), which RoPE mixes with the pair's other value:
@@ -204,6 +205,8 @@ def test_cuda_moe_input_fused_matches_op_by_op(T, H, E, k):
     lg1 = ops.dense(xn1, w, bias=b, f32_out=True, device="cuda")
     path = "fused" if T <= 128 else "composition"
     ref.check(xn, xn1, 2 * BF16_U * np.abs(xn1), f"moe_input xn ({path}) T={T}")
+    if T == 1:
+        np.testing.assert_array_equal(xn, xn1, err_msg="moe_input xn of one token: f32_rmsnorm's bits")
     wf = ref.bf16_bits_to_f32(w).astype(np.float64)
     mag = np.abs(np.asarray(xn1, np.float64)) @ np.abs(wf).T + np.abs(b)
     bound = 2 * F32_ACC * mag + np.abs(np.asarray(xn, np.float64) - xn1) @ np.abs(wf).T + 1e-6
