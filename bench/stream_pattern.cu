@@ -7,7 +7,11 @@
 //              chunks (16 bytes per lane) through a D-stage cp.async ring in shared memory, plus
 //              32 bytes of "scales" per chunk from a second array (8 lanes x 4 bytes), 8 warps per
 //              block at 4 blocks per SM;
-//   ldg W      the same regions, each lane issuing all of its loads of a region before using any.
+//   ldg W      the same regions, each lane issuing all of its loads of a region before using any;
+//   pair       mlp1's read (35.3 MB) then mlp2's (17.6 MB) in the ring pattern, back to back: plain
+//              launches, with programmatic dependent launch (the second waits, then loads), and with
+//              PDL and the second's first ring stages loaded before griddepcontrol.wait (as the MoE
+//              does): how much of a kernel's ramp and tail PDL hides for pure streams.
 // Build and run on the GPU machine:
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Icsrc -Icuda -o build/bench/stream_pattern \
 //     bench/stream_pattern.cu && build/bench/stream_pattern
@@ -43,9 +47,16 @@ __global__ void seq_read(const uint4* p, size_t n, uint32_t* out) {
 constexpr int kChunk = 512, kScale = 32, kStage = kChunk + 128;
 
 // Warp w reads chunks [w * nc, (w + 1) * nc) of codes (512 B each) and scales (32 B each).
-template <int D>
+// kPdl: 0 none; 1 let dependents launch at once (a primary); 2 griddepcontrol.wait first; 3 the first
+// D - 1 stages' loads, then griddepcontrol.wait (a dependent that prefetches what it may).
+__device__ __forceinline__ void grid_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+__device__ __forceinline__ void grid_launch() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
+
+template <int D, int kPdl = 0>
 __global__ void __launch_bounds__(256, 4) ring_read(const uint8_t* codes, const uint8_t* scales, int nc, int warps,
                                                     uint32_t* out) {
+  if (kPdl == 1) grid_launch();
+  if (kPdl == 2) grid_wait();
   extern __shared__ __align__(16) uint8_t smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int w = blockIdx.x * 8 + warp;
@@ -61,6 +72,7 @@ __global__ void __launch_bounds__(256, 4) ring_read(const uint8_t* codes, const 
     }
     tc::cp_async_commit();
   }
+  if (kPdl == 3) grid_wait();
   uint32_t acc = 0;
   for (int j = 0; j < nc; ++j) {
     const int jn = j + D - 1;
@@ -119,7 +131,8 @@ int main() {
   cudaEventCreate(&b);
   std::printf("%s, %d SMs, L2 %d MB, %d copies of %.1f MB\n", prop.name, sms, prop.l2CacheSize >> 20, copies,
               (cbytes + sbytes) / 1e6);
-  auto timed = [&](const char* name, auto launch) {
+  auto timed = [&](const char* name, auto launch, double bytes = 0) {
+    if (bytes == 0) bytes = double(cbytes + sbytes);
     const int reps = 4 * copies;
     for (int i = 0; i < copies; ++i) launch(i);
     cudaEventRecord(a);
@@ -129,7 +142,7 @@ int main() {
     float ms = 0;
     cudaEventElapsedTime(&ms, a, b);
     const double us = 1e3 * ms / reps;
-    std::printf("%-28s %8.2f us  %7.0f GB/s  (%s)\n", name, us, (cbytes + sbytes) / (us * 1e3),
+    std::printf("%-28s %8.2f us  %7.0f GB/s  (%s)\n", name, us, bytes / (us * 1e3),
                 cudaGetErrorString(cudaGetLastError()));
   };
   timed("seq (codes + scales)", [&](int i) {
@@ -156,5 +169,38 @@ int main() {
   timed("ldg nc=22 warps=2945", [&](int i) {
     ldg_read<22><<<(chunks / 22 + 7) / 8, 256>>>(codes + cbytes * i, scales + sbytes * i, chunks / 22, out);
   });
+
+  // mlp1 then mlp2 (half the chunks, 2,945 warps of 11), the second from another (cold) copy.
+  const int nc = 11, w1 = chunks / nc, w2 = chunks / 2 / nc;
+  auto launch = [&](auto kernel, int warps, bool pdl, int i) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((warps + 7) / 8);
+    cfg.blockDim = dim3(256);
+    cfg.dynamicSmemBytes = size_t(8) * 4 * kStage;
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    const uint8_t* c = codes + cbytes * i;
+    const uint8_t* s = scales + sbytes * i;
+    cudaLaunchKernelEx(&cfg, kernel, c, s, nc, warps, out);
+  };
+  const double b1 = double(w1) * nc * (kChunk + kScale), b2 = double(w2) * nc * (kChunk + kScale);
+  auto other = [&](int i) { return (i + copies / 2) % copies; };
+  timed("mlp1 alone", [&](int i) { launch(ring_read<4, 0>, w1, false, i); }, b1);
+  timed("mlp2 alone", [&](int i) { launch(ring_read<4, 0>, w2, false, i); }, b2);
+  timed("pair, plain launches", [&](int i) {
+    launch(ring_read<4, 0>, w1, false, i);
+    launch(ring_read<4, 0>, w2, false, other(i));
+  }, b1 + b2);
+  timed("pair, PDL, wait first", [&](int i) {
+    launch(ring_read<4, 1>, w1, false, i);
+    launch(ring_read<4, 2>, w2, true, other(i));
+  }, b1 + b2);
+  timed("pair, PDL, loads then wait", [&](int i) {
+    launch(ring_read<4, 1>, w1, false, i);
+    launch(ring_read<4, 3>, w2, true, other(i));
+  }, b1 + b2);
   return 0;
 }
