@@ -65,6 +65,19 @@ __device__ __forceinline__ void rmsnorm_row(const float4* x4, const float4* g4, 
   }
 }
 
+// acc + sum_i w[i] x[i] over 8 weights (w: 4 unpacked bf16 pairs) and 8 f32 values (x0: 0-3, x1: 4-7),
+// one fused multiply-add per element in index order (the router GEMVs of the fused moe_input kernels).
+__device__ __forceinline__ float dot8(const float2 (&w)[4], const float4& x0, const float4& x1, float acc) {
+  acc = fmaf(w[0].x, x0.x, acc);
+  acc = fmaf(w[0].y, x0.y, acc);
+  acc = fmaf(w[1].x, x0.z, acc);
+  acc = fmaf(w[1].y, x0.w, acc);
+  acc = fmaf(w[2].x, x1.x, acc);
+  acc = fmaf(w[2].y, x1.y, acc);
+  acc = fmaf(w[3].x, x1.z, acc);
+  return fmaf(w[3].y, x1.w, acc);
+}
+
 // Two floats -> one 32-bit bf16 pair, `lo` in the low half (the lower element index), RNE.
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);

@@ -149,22 +149,11 @@ __global__ void __launch_bounds__(kThreads) moe_input_cluster(ClusterArgs a) {
     for (int t = 0; t < kChunkTokens; ++t) acc[t] = 0.0f;
     for (int v = part; v < nv; v += a.P) {
       const uint4 wv = ws[e * a.ws_stride + v];
-      const float2 w01 = unpack_bf16x2(wv.x), w23 = unpack_bf16x2(wv.y), w45 = unpack_bf16x2(wv.z),
-                   w67 = unpack_bf16x2(wv.w);
+      const float2 w[4] = {unpack_bf16x2(wv.x), unpack_bf16x2(wv.y), unpack_bf16x2(wv.z), unpack_bf16x2(wv.w)};
 #pragma unroll
       for (int t = 0; t < kChunkTokens; ++t) {
         if (t >= nt) break;
-        const float4 x0 = xs_at(t, 0, v), x1 = xs_at(t, 1, v);
-        float s = acc[t];
-        s = fmaf(w01.x, x0.x, s);
-        s = fmaf(w01.y, x0.y, s);
-        s = fmaf(w23.x, x0.z, s);
-        s = fmaf(w23.y, x0.w, s);
-        s = fmaf(w45.x, x1.x, s);
-        s = fmaf(w45.y, x1.y, s);
-        s = fmaf(w67.x, x1.z, s);
-        s = fmaf(w67.y, x1.w, s);
-        acc[t] = s;
+        acc[t] = dot8(w, xs_at(t, 0, v), xs_at(t, 1, v), acc[t]);
       }
     }
 #pragma unroll

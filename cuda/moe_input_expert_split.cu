@@ -131,17 +131,8 @@ __global__ void __launch_bounds__(kThreads) moe_input_expert_split(SplitArgs a) 
     float acc = 0.0f;
     for (int v = p * kWarpSize + lane; v < nvec; v += a.P * kWarpSize) {
       const uint4 wv = wr[v];
-      const float4 x0 = x4[2 * v], x1 = x4[2 * v + 1];
-      const float2 w01 = unpack_bf16x2(wv.x), w23 = unpack_bf16x2(wv.y), w45 = unpack_bf16x2(wv.z),
-                   w67 = unpack_bf16x2(wv.w);
-      acc = fmaf(w01.x, x0.x, acc);
-      acc = fmaf(w01.y, x0.y, acc);
-      acc = fmaf(w23.x, x0.z, acc);
-      acc = fmaf(w23.y, x0.w, acc);
-      acc = fmaf(w45.x, x1.x, acc);
-      acc = fmaf(w45.y, x1.y, acc);
-      acc = fmaf(w67.x, x1.z, acc);
-      acc = fmaf(w67.y, x1.w, acc);
+      const float2 w[4] = {unpack_bf16x2(wv.x), unpack_bf16x2(wv.y), unpack_bf16x2(wv.z), unpack_bf16x2(wv.w)};
+      acc = dot8(w, x4[2 * v], x4[2 * v + 1], acc);
     }
     acc = warp_sum(acc);
     if (lane == 0) part[warp] = acc;
