@@ -224,20 +224,24 @@ ClusterArgs cluster_args(const MoEInputParams& p) {
 
 }  // namespace
 
-bool moe_input_cluster_fits(const MoEInputParams& p) {
+bool moe_input_sm90_call_ok(const MoEInputParams& p, int max_tokens, int max_experts) {
   const RMSNormParams& n = p.norm;
   const DenseParams& d = p.gate;
   const RouterParams& r = p.router;
   const int T = d.T;
-  const bool shape = T >= 1 && T <= kMaxTokens && n.T == T && r.T == T && n.rows == nullptr && n.H == d.K &&
-                     d.K >= 8 && d.K % 8 == 0 && r.E == d.N && r.E >= 1 && r.E <= kMaxExperts && r.k >= 1 &&
+  const bool shape = T >= 1 && T <= max_tokens && n.T == T && r.T == T && n.rows == nullptr && n.H == d.K &&
+                     d.K >= 8 && d.K % 8 == 0 && r.E == d.N && r.E >= 1 && r.E <= max_experts && r.k >= 1 &&
                      r.k <= kRouterMaxK && r.k <= r.E;
   const bool layout = n.out_type == DType::BF16 && d.x_type == DType::BF16 && d.y_type == DType::F32 &&
                       !d.accumulate && d.x == n.out && d.ldx == n.ldo && r.logits == d.y && r.ldl == d.ldy &&
                       d.ldy >= d.N && n.ldx >= n.H && n.ldx % 4 == 0 && n.ldo >= n.H && n.ldo % 4 == 0 && n.x &&
                       n.w && n.out && d.w && d.y && r.expert_idx && r.expert_w && aligned_to(n.x, 16) &&
                       aligned_to(n.w, 16) && aligned_to(d.w, 16) && aligned_to(n.out, 8) && aligned_to(d.y, 4);
-  if (!shape || !layout) return false;
+  return shape && layout;
+}
+
+bool moe_input_cluster_fits(const MoEInputParams& p) {
+  if (!moe_input_sm90_call_ok(p, kMaxTokens, kMaxExperts)) return false;
   const ClusterArgs a = cluster_args(p);
   return smem_layout(a.E, a.nv_max, a.ws_stride, a.P).bytes <= size_t(kMaxSmem) && cluster_kernel_available();
 }

@@ -18,8 +18,8 @@
 //     sum, the P parts added in part order), so the logits are complete inside the block;
 //   - every block writes its logits and stores them into block 0's shared memory (DSMEM), one
 //     cluster barrier, and one warp of block 0 runs the standalone op's warp_router_topk.
-// Latency after pdl_wait: one round of residual loads, three block barriers, ~2 vectors of dot
-// product per lane, one cluster barrier, one top-k. Whole model (H200): decode 505-510 -> 521-525
+// Latency after pdl_wait: one round of residual loads, the norm's and the dot products' block
+// barriers, ~2 vectors of dot product per lane, one cluster barrier, one top-k. Whole model (H200): decode 505-510 -> 521-525
 // tok/s.
 #include "moe_input_expert_split.cuh"
 
@@ -34,6 +34,7 @@
 #include "device_common.cuh"
 #include "kernel_caps.cuh"
 #include "mma_sm80.cuh"
+#include "moe_input_cluster.cuh"
 #include "pdl.cuh"
 #include "router_topk.cuh"
 
@@ -213,25 +214,16 @@ int cluster_blocks(const SplitArgs& a) { return (a.E + a.Eb - 1) / a.Eb; }
 }  // namespace
 
 bool moe_input_expert_split_fits(const MoEInputParams& p) {
-  const RMSNormParams& n = p.norm;
-  const DenseParams& d = p.gate;
-  const RouterParams& r = p.router;
-  const bool shape = d.T == 1 && n.T == 1 && r.T == 1 && n.rows == nullptr && n.H == d.K && d.K >= 8 &&
-                     d.K % 8 == 0 && r.E == d.N && r.E >= 1 && r.E <= kMaxCluster * kWarps && r.k >= 1 &&
-                     r.k <= kRouterMaxK && r.k <= r.E;
-  const bool layout = n.out_type == DType::BF16 && d.x_type == DType::BF16 && d.y_type == DType::F32 &&
-                      !d.accumulate && d.x == n.out && r.logits == d.y && n.x && n.w && n.out && d.w && d.y &&
-                      r.expert_idx && r.expert_w && aligned_to(n.x, 16) && aligned_to(n.w, 16) &&
-                      aligned_to(d.w, 16) && aligned_to(n.out, 8) && aligned_to(d.y, 4) &&
-                      (d.bias == nullptr || aligned_to(d.bias, 4));
-  if (!shape || !layout || disabled_by_env()) return false;
+  const float* bias = p.gate.bias;
+  if (!moe_input_sm90_call_ok(p, 1, kMaxCluster * kWarps) || (bias && !aligned_to(bias, 4)) || disabled_by_env())
+    return false;
   const SplitArgs a = split_args(p);
   return smem_layout(a.K, a.E, a.Eb).bytes <= kMaxSmem && kernels_available();
 }
 
 // Floor: the router weights (184 KB at 20b, ~0.05 us of HBM, loaded before pdl_wait) and one
-// residual row; the cost is latency: one round of loads, four block barriers, one cluster barrier
-// when E > 32, one top-k.
+// residual row; the cost is latency: one round of loads, the block barriers of the norm and the dot
+// products, one cluster barrier (more than one block), one top-k.
 Status launch_moe_input_expert_split(const MoEInputParams& p, bool pdl, cudaStream_t stream) {
   if (!moe_input_expert_split_fits(p))
     return make_error(StatusCode::InvalidArgument, "moe_input: this call does not fit the expert-split kernel");
