@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["bench/cuda_kernels_main.cu", "bench/cuda_kernels_check.cu", "cuda/attention.cu", "cuda/dense_bf16*.cu",
+SOURCES = ["bench/cuda_kernels_main.cu", "bench/cuda_kernels_check.cu", "cuda/attention.cu", "cuda/dense_bf16*.cu", "cuda/dense_gemv_resident.cu",
            "cuda/moe_mxfp4*.cu", "cuda/moe_input_cluster.cu",
            "cuda/moe_input_expert_split.cu", "cuda/expert_route.cu", "cuda/kernel_caps.cu", "cuda/mxfp4_layout.cu"]
 

@@ -35,6 +35,7 @@
 //    T > 128 takes the warpgroup-MMA GEMM instead (dense_bf16_wgmma.cu).
 #include "dense_bf16.cuh"
 #include "dense_bf16_wgmma.cuh"
+#include "dense_gemv_resident.cuh"
 
 #include <cuda_bf16.h>
 
@@ -819,6 +820,7 @@ Status launch_dense_bf16(const DenseParams& p, const DenseWorkspace& ws, cudaStr
     GPTOSS_CUDA_LAUNCH_CHECK("bf16_dense_generic");
     return Status::Ok();
   }
+  if (dense_gemv_resident_fits(p, ws)) return launch_dense_gemv_resident(p, ws, stream);
   if (p.T <= 8) return gemv<1, false>(a, ws, 0, stream);
   if (p.T <= 16) return gemv<2, false>(a, ws, 0, stream);
   if (p.T <= kGemmSplitMaxT) return launch_gemm_mid(a, ws, stream);

@@ -63,6 +63,9 @@ def dense_path(T, N, K):
     # N=32..640 here); the 64x64 GEMM when there are fewer tiles than 2 per SM.
     if K % 32:
         return "bf16_dense_generic"
+    if T <= 8 and K <= 4096 and N <= 24 * 132 and 2 * K * ((N + 131) // 132) <= 192 * 1024:
+        # With programmatic dependent launch (sm_90) and ~132 SMs; otherwise the GEMV below.
+        return "bf16_dense_gemv_resident (or bf16_dense_gemv_mma)"
     if T <= 16:
         return f"bf16_dense_gemv_mma NT={1 if T <= 8 else 2}" + (" (split-K over blocks)" if N <= 3000 else "")
     if T <= 128:
@@ -145,6 +148,26 @@ def test_dense_is_deterministic():
         x, wb, b, _, out = dense_case(T, 32, 2880, f32_out=True)
         for _ in range(3):
             np.testing.assert_array_equal(ops.dense(x, wb, bias=b, f32_out=True, device="cuda"), out)
+
+
+# The resident GEMV (cuda/dense_gemv_resident.cu, T <= 8 on sm_90): rows per block from 1 to the
+# 24 of three full n8 tiles (N = 3168 = 24 x 132 SMs of an H200), K from one k32 block (most of the 16 warps idle) to
+# 4096 (8 k32 blocks per warp), K = 96 (a row of 12 pieces, padded for the swizzle), and K = 4128
+# just past it (the streaming GEMV).
+@pytest.mark.parametrize("T", [1, 2, 8])
+@pytest.mark.parametrize("N,K", [(2880, 4096), (3168, 1024), (17, 32), (1, 96), (1000, 4096), (131, 4128)])
+def test_dense_resident_gemv_shapes(T, N, K):
+    dense_case(T, N, K, f32_out=True)
+    dense_case(T, N, K, y=True)
+    dense_case(T, N, K, bias=False)
+
+
+@pytest.mark.skipif(os.environ.get("GPT_OSS_C_GEMV_RESIDENT") is not None, reason="this is the streaming GEMV run")
+def test_dense_streaming_gemv_in_a_child_process():
+    # GPT_OSS_C_GEMV_RESIDENT=0 (read once per process) gives the T <= 8 calls back to the streaming
+    # GEMV of dense_bf16.cu: a child reruns the dense tests with it.
+    rerun_in_child({"GPT_OSS_C_GEMV_RESIDENT": "0"}, "test_dense and not child_process",
+                   "dense with the streaming GEMV")
 
 
 @pytest.mark.skipif(os.environ.get("GPT_OSS_C_DENSE_WGMMA") is not None, reason="this is the mma.sync run")
