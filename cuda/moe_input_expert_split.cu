@@ -17,7 +17,9 @@
 //   - P = 32 / Eb warps per expert dot its row with xn (lanes stride K in 8-element vectors, a warp
 //     sum, the P parts added in part order), so the logits are complete inside the block;
 //   - every block writes its logits and stores them into block 0's shared memory (DSMEM), one
-//     cluster barrier, and one warp of block 0 runs the standalone op's warp_router_topk.
+//     cluster barrier, and one warp of block 0 runs the standalone op's warp_router_topk (the DSMEM
+//     stores first wait on a cluster barrier every block arrived at on entry: a peer's shared memory
+//     may only be written once the peer runs).
 // Latency after pdl_wait: one round of residual loads, the norm's and the dot products' block
 // barriers, ~2 vectors of dot product per lane, one cluster barrier, one top-k. Whole model (H200): decode 505-510 -> 521-525
 // tok/s.
@@ -96,6 +98,10 @@ __global__ void __launch_bounds__(kThreads) moe_input_expert_split(SplitArgs a) 
   const int rank = kCluster ? int(cg::this_cluster().block_rank()) : 0;
   const int e0 = rank * a.Eb, ne = max(0, min(a.Eb, a.E - e0));
   const int nvec = a.K / 8;
+  // A block may write a peer's shared memory only once the peer has started (CUDA programming guide,
+  // distributed shared memory; compute-sanitizer racecheck flagged step 4's store into block 0):
+  // arrive here, wait just before that store, long after every block has arrived.
+  if constexpr (kCluster) asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 
   // 1. Weights, norm weights and biases: none depends on the preceding kernel. Two groups: the norm
   // weights are needed first.
@@ -141,6 +147,7 @@ __global__ void __launch_bounds__(kThreads) moe_input_expert_split(SplitArgs a) 
   __syncthreads();
 
   // 4. This block's logits to global memory and to block 0's lg; then block 0 selects.
+  if constexpr (kCluster) asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
   if (tid < ne) {
     float s = 0.0f;
     for (int q = 0; q < a.P; ++q) s += part[tid * a.P + q];
