@@ -60,6 +60,20 @@ constexpr int kStageBytes = kStageB + 1024;    // 1664
 // the warp's group, K part and chunk range were three integer divisions (~75 instructions) on the
 // path to its first weight load (ncu source counters, session 6).
 constexpr int kStreamDepth = 4;
+
+// Resident mlp2 (kRes, one token, programmatic dependent launch): instead of the ring, each warp keeps
+// all of its chunks in compact stages -- codes at 0, the scale words at kStageScale, and only B column
+// 0's z pieces at kResB (two k32 halves of 64 bytes) -- and copies the weights of every chunk before
+// pdl_wait. Why (bench/NOTES.md, session 10): mlp2's weights are known as soon as the router ran, and
+// mlp1's last (partial) wave leaves block slots and DRAM bandwidth free; with the ring only the
+// first D - 1 chunks per warp were in flight before mlp1 finished. 20b: 12 chunks x 768 bytes per
+// warp, 72 KB per block, 3 blocks per SM: mlp2's 360 blocks are still one wave.
+constexpr int kResB = kStageScale + 128;        // 640
+constexpr int kResStageBytes = kResB + 128;     // 768
+__host__ __device__ __forceinline__ int resident_warp_bytes(int chunks, int ks) {
+  return (chunks + ks - 1) / ks * kResStageBytes;
+}
+constexpr size_t kResMaxSmem = 100 * 1024;     // per block: at least two blocks per SM
 // A/B knob GPT_OSS_C_MOE_STREAM_KS: "K" for both launches or "K1,K2" for mlp1 and mlp2, each 2, 4
 // or 8 (mlp2 has half of mlp1's tiles, so it may want the larger split).
 int stream_ks(int slots, bool mlp1) {
@@ -117,8 +131,9 @@ __device__ __forceinline__ void named_barrier(int id, int threads) {
 
 // Grid: (tile groups, expert ranks); block (x, y) serves tiles kStreamWarps / KS * x + group of
 // the y-th smallest active expert.
-template <bool kMlp1, bool kFast, int KS>
+template <bool kMlp1, bool kFast, int KS, bool kRes>
 __global__ void __launch_bounds__(kStreamWarps * 32, 4) bf16_mxfp4w_moe_stream(StreamArgs a) {
+  static_assert(!(kRes && kMlp1), "only mlp2 knows its weights before its grid dependency resolves");
   constexpr int D = kStreamDepth;
   static_assert((D & (D - 1)) == 0, "ring depth: a power of two");
   static_assert(kStreamWarps % KS == 0, "K split: a divisor of the block's warps");
@@ -146,7 +161,9 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 4) bf16_mxfp4w_moe_stream(S
   const size_t gtile = size_t(we.e) * tiles + tile;
   const uint8_t* wsrc = a.wb + mxfp4_block_offset(gtile, chunks, c0) + lane * 16;
   const uint8_t* ssrc = a.ws + mxfp4_scale_offset(gtile, chunks, c0) + r * 4;
-  const uint32_t ring = tc::smem_addr(smem) + uint32_t(warp * D * kStageBytes);
+  // kRes: every chunk of the warp has its own compact stage (resident_warp_bytes).
+  const uint32_t warp_bytes = kRes ? uint32_t(resident_warp_bytes(chunks, KS)) : uint32_t(D * kStageBytes);
+  const uint32_t ring = tc::smem_addr(smem) + uint32_t(warp) * warp_bytes;
   const uint32_t my_w = ring + 16 * lane, my_s = ring + kStageScale + 4 * lane, my_b = ring + kStageB + 16 * lane;
 
   for (int p0 = 0; p0 < we.n; p0 += 8) {
@@ -156,6 +173,47 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 4) bf16_mxfp4w_moe_stream(S
     // mlp1's token slot / k as a multiply-shift (a.k_magic = ceil(2^16 / k): exact for slot < 32).
     const int row = kMlp1 ? (slot * a.k_magic) >> 16 : slot;
     const bf16_t* brow = a.act + size_t(row) * a.ld_act + 8 * c + 64 * c0;
+    float acc0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, acc1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if constexpr (kRes) {
+      // One token (one slot per expert: a single pass, column 0 only). Every chunk's codes and scales
+      // before pdl_wait, so they stream in during mlp1's last wave; then the quad of column 0 copies
+      // its z pieces (both k32 halves of a stage: kResB + 16 c and + 64), every lane reads column 0's
+      // (the other columns duplicate it and are never stored).
+      for (int j = 0; j < nc; ++j) {
+        const uint32_t st = uint32_t(j * kResStageBytes);
+        tc::cp_async_16(my_w + st, wsrc + j * kMxfp4ChunkBytes, true);
+        tc::cp_async_4(my_s + st, ssrc + j * kMxfp4ScaleChunkBytes);
+      }
+      tc::cp_async_commit();
+      pdl_wait();               // z and the counters come from mlp1
+      pdl_launch_dependents();  // whatever follows waits for all of this grid before reading y
+      const uint32_t my_z = ring + kResB + 16 * c;
+      if (has_col)
+        for (int j = 0; j < nc; ++j) {
+          const uint32_t st = uint32_t(j * kResStageBytes);
+          tc::cp_async_16(my_z + st, brow + 64 * j, true);
+          if (64 * (c0 + j) + 32 < a.K) tc::cp_async_16(my_z + st + 64, brow + 64 * j + 32, true);
+        }
+      tc::cp_async_commit();
+      tc::cp_async_wait<0>();
+      __syncwarp();
+#pragma unroll 4
+      for (int j = 0; j < nc; ++j) {
+        const uint32_t st = uint32_t(j * kResStageBytes);
+        const uint4 w = tc::lds_128(my_w + st);
+        const uint32_t sw = tc::lds_32(my_s + st);
+        const uint4 b0 = tc::lds_128(my_z + st);
+        uint32_t A[4][4];
+        dequant_steps<kFast, 4>(w, sw, 0, A);
+        tc::mma_bf16_16816(acc0, A[0][0], A[0][1], A[0][2], A[0][3], tc::word(b0, 0), tc::word(b0, 1));
+        tc::mma_bf16_16816(acc0, A[1][0], A[1][1], A[1][2], A[1][3], tc::word(b0, 2), tc::word(b0, 3));
+        if (64 * (c0 + j) + 32 < a.K) {
+          const uint4 b1 = tc::lds_128(my_z + st + 64);
+          tc::mma_bf16_16816(acc1, A[2][0], A[2][1], A[2][2], A[2][3], tc::word(b1, 0), tc::word(b1, 1));
+          tc::mma_bf16_16816(acc1, A[3][0], A[3][1], A[3][2], A[3][3], tc::word(b1, 2), tc::word(b1, 3));
+        }
+      }
+    } else {
     // Prologue: weights and scales of local chunks 0 .. D-2 (one commit group), then (after mlp1,
     // for mlp2) the activations of each of those chunks (one group each), so that in the loop below
     // the group of local chunk j is complete once at most D - 1 newer groups are pending.
@@ -185,7 +243,6 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 4) bf16_mxfp4w_moe_stream(S
     // and bounds tests.)
     // Chunks whose second k32 block exists: all but possibly the warp's last (K % 64 == 32).
     const int nc_hi = 64 * (c0 + nc - 1) + 32 < a.K ? nc : nc - 1;
-    float acc0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, acc1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     // w / s / b: the sources of chunk jn = j + D - 1 (read only when `refill`).
     // The refill's four copies form one branch-free block: lanes without a column, and the k32 block
     // past K, copy 0 bytes (zero-fill from a mapped address) instead of branching around the copy
@@ -235,6 +292,7 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 4) bf16_mxfp4w_moe_stream(S
     for (int j = j0; j < nc; ++j, wblk += kMxfp4ChunkBytes, sblk += kMxfp4ScaleChunkBytes, bblk += 64)
       step(j, j & (D - 1), j + D - 1 < nc, j < nc_hi, wblk, sblk, bblk);
     tc::cp_async_wait<0>();  // the rings are reused: by the reduction and by the next pass
+    }
     // acc = rows r, r + 8 of the tile x columns 2c, 2c + 1 of the pass, summed over the K parts in
     // ks order (warps 1 .. KS-1 leave theirs at the start of their own rings).
     float acc[4];
@@ -246,7 +304,7 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 4) bf16_mxfp4w_moe_stream(S
       named_barrier(1 + group, KS * 32);
       if (ks == 0)
         for (int q = 1; q < KS; ++q) {
-          const uint4 v = tc::lds_128(ring + uint32_t(q * D * kStageBytes) + 16 * lane);
+          const uint4 v = tc::lds_128(ring + uint32_t(q) * warp_bytes + 16 * lane);
           acc[0] += __uint_as_float(v.x);
           acc[1] += __uint_as_float(v.y);
           acc[2] += __uint_as_float(v.z);
@@ -297,10 +355,11 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 4) bf16_mxfp4w_moe_stream(S
   }
 }
 
-template <bool kMlp1, bool kFast, int KS>
+template <bool kMlp1, bool kFast, int KS, bool kRes>
 Status launch_stream_t(const StreamArgs& a, bool pdl, cudaStream_t stream) {
-  auto kernel = bf16_mxfp4w_moe_stream<kMlp1, kFast, KS>;
-  const size_t smem = size_t(kStreamWarps) * kStreamDepth * kStageBytes;
+  auto kernel = bf16_mxfp4w_moe_stream<kMlp1, kFast, KS, kRes>;
+  const size_t smem = kRes ? size_t(kStreamWarps) * resident_warp_bytes(mxfp4_chunks(a.K / 32), KS)
+                           : size_t(kStreamWarps) * kStreamDepth * kStageBytes;
   GPTOSS_RETURN_IF_ERROR(ensure_smem(reinterpret_cast<const void*>(kernel), smem, "bf16_mxfp4w_moe_stream"));
   constexpr int per_block = kStreamWarps / KS;
   const int tiles = a.R / kMxfp4TileRows, ranks = std::min(a.E, a.T * a.k);
@@ -309,12 +368,29 @@ Status launch_stream_t(const StreamArgs& a, bool pdl, cudaStream_t stream) {
                     kMlp1 ? "bf16_mxfp4w_moe_stream<mlp1>" : "bf16_mxfp4w_moe_stream<mlp2>", a);
 }
 
-template <bool kMlp1, bool kFast>
+// A/B knob GPT_OSS_C_MOE_RESIDENT=0: mlp2 at one token streams through the ring as every other call.
+bool resident_mlp2_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("GPT_OSS_C_MOE_RESIDENT");
+    return !(v && std::string(v) == "0");
+  }();
+  return on;
+}
+
+template <bool kMlp1, bool kFast, bool kRes>
 Status launch_stream_ks(const StreamArgs& a, bool pdl, cudaStream_t stream) {
   const int ks = stream_ks(a.T * a.k, kMlp1);
-  return ks == 8   ? launch_stream_t<kMlp1, kFast, 8>(a, pdl, stream)
-         : ks == 2 ? launch_stream_t<kMlp1, kFast, 2>(a, pdl, stream)
-                   : launch_stream_t<kMlp1, kFast, 4>(a, pdl, stream);
+  return ks == 8   ? launch_stream_t<kMlp1, kFast, 8, kRes>(a, pdl, stream)
+         : ks == 2 ? launch_stream_t<kMlp1, kFast, 2, kRes>(a, pdl, stream)
+                   : launch_stream_t<kMlp1, kFast, 4, kRes>(a, pdl, stream);
+}
+
+// mlp2 of one token (each expert has one slot: the router picks k distinct experts) with
+// programmatic dependent launch, when a block's stages fit.
+bool resident_mlp2(const StreamArgs& a, bool pdl) {
+  const int ks = stream_ks(a.T * a.k, false);
+  return pdl && a.T == 1 && resident_mlp2_enabled() &&
+         size_t(kStreamWarps) * resident_warp_bytes(mxfp4_chunks(a.K / 32), ks) <= kResMaxSmem;
 }
 
 }  // namespace
@@ -337,8 +413,13 @@ Status launch_stream(const StreamArgs& a, bool mlp1, bool pdl, cudaStream_t stre
   StreamArgs b = a;
   b.k_magic = (65536 + a.k - 1) / a.k;
   if (mlp1)
-    return b.fast_scales ? launch_stream_ks<true, true>(b, pdl, stream) : launch_stream_ks<true, false>(b, pdl, stream);
-  return b.fast_scales ? launch_stream_ks<false, true>(b, pdl, stream) : launch_stream_ks<false, false>(b, pdl, stream);
+    return b.fast_scales ? launch_stream_ks<true, true, false>(b, pdl, stream)
+                         : launch_stream_ks<true, false, false>(b, pdl, stream);
+  if (resident_mlp2(b, pdl))
+    return b.fast_scales ? launch_stream_ks<false, true, true>(b, pdl, stream)
+                         : launch_stream_ks<false, false, true>(b, pdl, stream);
+  return b.fast_scales ? launch_stream_ks<false, true, false>(b, pdl, stream)
+                       : launch_stream_ks<false, false, false>(b, pdl, stream);
 }
 
 }  // namespace moe
