@@ -64,16 +64,7 @@ constexpr int kCounters = 4096;
 constexpr int kDoneCounter = kCounters - 1;
 constexpr size_t kCounterBytes = size_t(kCounters) * 4;
 
-struct DenseArgs {
-  const bf16_t* x;
-  int ldx;
-  const bf16_t* w;
-  const float* bias;
-  void* y;
-  int ldy;
-  int T, K, N;
-  int y_f32;       // 1: y is f32, 0: bf16
-  int accumulate;  // 1: y (f32) += result
+struct DenseArgs : DenseCoreArgs {
   int y_pairs;     // 1: y[t, n..n+1] (n even) may be written with one 4- or 8-byte store
   // Split-K over Z blocks (Z == 1: none).
   int Z;
@@ -739,18 +730,8 @@ Status launch_gemm_mid(const DenseArgs& a, const DenseWorkspace& ws, cudaStream_
 
 DenseArgs dense_args(const DenseParams& p) {
   DenseArgs a;
-  std::memset(&a, 0, sizeof(a));
-  a.x = static_cast<const bf16_t*>(p.x);
-  a.ldx = p.ldx;
-  a.w = p.w;
-  a.bias = p.bias;
-  a.y = p.y;
-  a.ldy = p.ldy;
-  a.T = p.T;
-  a.K = p.K;
-  a.N = p.N;
-  a.y_f32 = p.y_type == DType::F32;
-  a.accumulate = p.accumulate;
+  std::memset(static_cast<void*>(&a), 0, sizeof(a));
+  static_cast<DenseCoreArgs&>(a) = dense_core_args(p);
   const size_t ybytes = a.y_f32 ? 4 : 2;
   a.y_pairs = p.ldy % 2 == 0 && (reinterpret_cast<uintptr_t>(p.y) % (2 * ybytes)) == 0;
   a.Z = 1;

@@ -27,6 +27,36 @@ struct DenseWorkspace {
 
 size_t dense_workspace_bytes(int num_sms);
 
+// The fields every dense kernel's argument block starts with, as DenseParams gives them: DenseArgs
+// (dense_bf16.cu), WgArgs (dense_bf16_wgmma.cu) and ResidentArgs (dense_gemv_resident.cu) extend it.
+struct DenseCoreArgs {
+  const bf16_t* x;
+  int ldx;
+  const bf16_t* w;
+  const float* bias;
+  void* y;
+  int ldy;
+  int T, K, N;
+  int y_f32;       // 1: y is f32, 0: bf16
+  int accumulate;  // 1: y (f32) += result
+};
+
+inline DenseCoreArgs dense_core_args(const DenseParams& p) {
+  DenseCoreArgs a;
+  a.x = static_cast<const bf16_t*>(p.x);
+  a.ldx = p.ldx;
+  a.w = p.w;
+  a.bias = p.bias;
+  a.y = p.y;
+  a.ldy = p.ldy;
+  a.T = p.T;
+  a.K = p.K;
+  a.N = p.N;
+  a.y_f32 = p.y_type == DType::F32;
+  a.accumulate = p.accumulate;
+  return a;
+}
+
 // Requirements (checked, InvalidArgument otherwise): x_type BF16 (else Unsupported), y_type BF16 or
 // F32 (F32 when accumulate), K > 0, ldx >= K, ldy >= N, any T >= 0 and N >= 0. The fast kernels
 // need K % 32 == 0, ldx % 8 == 0 and 16-byte aligned x and w (every dense layer of gpt-oss);

@@ -23,6 +23,7 @@
 #include <cstring>
 
 #include "cuda_check.cuh"
+#include "dense_bf16.cuh"
 #include "device_common.cuh"
 #include "kernel_caps.cuh"
 #include "mma_sm80.cuh"
@@ -41,15 +42,7 @@ constexpr uint32_t kSmemBytes = kStages * kStageBytes + 1024;  // + alignment of
 constexpr int kOutStride = kBM + 4;  // f32 per token row of the epilogue tile (conflict-free writes)
 static_assert(size_t(kBN) * kOutStride * 4 <= size_t(kStages) * kStageBytes, "the epilogue tile fits the ring");
 
-struct WgArgs {
-  const bf16_t* x;
-  int ldx;
-  const bf16_t* w;
-  const float* bias;
-  void* y;
-  int ldy;
-  int T, K, N;
-  int y_f32, accumulate;
+struct WgArgs : DenseCoreArgs {
   int y_vec4;  // y rows and ldy allow 4-element vector stores (16 bytes f32, 8 bytes bf16)
 };
 
@@ -206,17 +199,7 @@ bool dense_wgmma_available() {
 Status launch_dense_bf16_wgmma(const DenseParams& p, cudaStream_t stream) {
   GPTOSS_RETURN_IF_ERROR(ensure_smem(bf16_dense_gemm_wgmma, kSmemBytes, "bf16_dense_gemm_wgmma"));
   WgArgs a;
-  a.x = static_cast<const bf16_t*>(p.x);
-  a.ldx = p.ldx;
-  a.w = static_cast<const bf16_t*>(p.w);
-  a.bias = p.bias;
-  a.y = p.y;
-  a.ldy = p.ldy;
-  a.T = p.T;
-  a.K = p.K;
-  a.N = p.N;
-  a.y_f32 = p.y_type == DType::F32;
-  a.accumulate = p.accumulate;
+  static_cast<DenseCoreArgs&>(a) = dense_core_args(p);
   a.y_vec4 = p.ldy % 4 == 0 && aligned_to(p.y, a.y_f32 ? 16 : 8) && (!p.bias || aligned_to(p.bias, 16));
   const dim3 grid(unsigned((p.N + kBM - 1) / kBM), unsigned((p.T + kBN - 1) / kBN));
   bf16_dense_gemm_wgmma<<<grid, kThreads, kSmemBytes, stream>>>(a);

@@ -44,16 +44,8 @@ constexpr int kMaxK32 = 8;                     // k32 blocks per warp (K <= 4096
 constexpr size_t kMaxSmem = 192 * 1024;
 constexpr size_t kRedBytes = size_t(kTiles) * kWarps * 32 * 2 * sizeof(float);  // the partial tiles
 
-struct ResidentArgs {
-  const bf16_t* x;
-  int ldx;
-  const bf16_t* w;
-  const float* bias;
-  void* y;
-  int ldy;
-  int T, K, N;
+struct ResidentArgs : DenseCoreArgs {
   int rows;  // weight rows per block (<= kMaxRows)
-  int y_f32, accumulate;
 };
 
 // Row i of the block at byte i * rb, its 16-byte piece q at position q ^ (4 (i & 1)): the two rows
@@ -168,18 +160,8 @@ Status launch_dense_gemv_resident(const DenseParams& p, const DenseWorkspace& ws
     return make_error(StatusCode::InvalidArgument, "dense: this call does not fit the resident GEMV");
   GPTOSS_RETURN_IF_ERROR(ensure_smem(bf16_dense_gemv_resident, kMaxSmem, "bf16_dense_gemv_resident"));
   ResidentArgs a;
-  a.x = static_cast<const bf16_t*>(p.x);
-  a.ldx = p.ldx;
-  a.w = p.w;
-  a.bias = p.bias;
-  a.y = p.y;
-  a.ldy = p.ldy;
-  a.T = p.T;
-  a.K = p.K;
-  a.N = p.N;
+  static_cast<DenseCoreArgs&>(a) = dense_core_args(p);
   a.rows = resident_rows(p, ws.num_sms);
-  a.y_f32 = p.y_type == DType::F32;
-  a.accumulate = p.accumulate;
   const int blocks = (p.N + a.rows - 1) / a.rows;
   const size_t smem = std::max(size_t(a.rows) * resident_row_bytes(p.K), kRedBytes);
   return launch_pdl(bf16_dense_gemv_resident, dim3(blocks), dim3(kThreads), smem, ws.pdl, stream,

@@ -125,6 +125,26 @@ __device__ WarpExpert warp_expert(const int32_t* expert_idx, int S, int E, int r
   return w;
 }
 
+// One 64-wide k chunk of a 16-row tile from shared memory: the lane's 16 code bytes at w, its scale
+// word at s, its B pieces of k32 half 0 at b0 and of half 1 at b1 (read only when has_hi). Two
+// accumulators: the halves' mma chains are independent.
+template <bool kFast>
+__device__ __forceinline__ void consume_chunk(float (&acc0)[4], float (&acc1)[4], uint32_t w, uint32_t s, uint32_t b0,
+                                              uint32_t b1, bool has_hi) {
+  const uint4 wv = tc::lds_128(w);
+  const uint32_t sw = tc::lds_32(s);
+  const uint4 lo = tc::lds_128(b0);
+  uint32_t A[4][4];
+  dequant_steps<kFast, 4>(wv, sw, 0, A);
+  tc::mma_bf16_16816(acc0, A[0][0], A[0][1], A[0][2], A[0][3], tc::word(lo, 0), tc::word(lo, 1));
+  tc::mma_bf16_16816(acc0, A[1][0], A[1][1], A[1][2], A[1][3], tc::word(lo, 2), tc::word(lo, 3));
+  if (has_hi) {
+    const uint4 hi = tc::lds_128(b1);
+    tc::mma_bf16_16816(acc1, A[2][0], A[2][1], A[2][2], A[2][3], tc::word(hi, 0), tc::word(hi, 1));
+    tc::mma_bf16_16816(acc1, A[3][0], A[3][1], A[3][2], A[3][3], tc::word(hi, 2), tc::word(hi, 3));
+  }
+}
+
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
@@ -200,18 +220,7 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 4) bf16_mxfp4w_moe_stream(S
 #pragma unroll 4
       for (int j = 0; j < nc; ++j) {
         const uint32_t st = uint32_t(j * kResStageBytes);
-        const uint4 w = tc::lds_128(my_w + st);
-        const uint32_t sw = tc::lds_32(my_s + st);
-        const uint4 b0 = tc::lds_128(my_z + st);
-        uint32_t A[4][4];
-        dequant_steps<kFast, 4>(w, sw, 0, A);
-        tc::mma_bf16_16816(acc0, A[0][0], A[0][1], A[0][2], A[0][3], tc::word(b0, 0), tc::word(b0, 1));
-        tc::mma_bf16_16816(acc0, A[1][0], A[1][1], A[1][2], A[1][3], tc::word(b0, 2), tc::word(b0, 3));
-        if (64 * (c0 + j) + 32 < a.K) {
-          const uint4 b1 = tc::lds_128(my_z + st + 64);
-          tc::mma_bf16_16816(acc1, A[2][0], A[2][1], A[2][2], A[2][3], tc::word(b1, 0), tc::word(b1, 1));
-          tc::mma_bf16_16816(acc1, A[3][0], A[3][1], A[3][2], A[3][3], tc::word(b1, 2), tc::word(b1, 3));
-        }
+        consume_chunk<kFast>(acc0, acc1, my_w + st, my_s + st, my_z + st, my_z + st + 64, 64 * (c0 + j) + 32 < a.K);
       }
     } else {
     // Prologue: weights and scales of local chunks 0 .. D-2 (one commit group), then (after mlp1,
@@ -260,19 +269,7 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 4) bf16_mxfp4w_moe_stream(S
       tc::cp_async_commit();
       tc::cp_async_wait<D - 1>();
       const uint32_t st = uint32_t(stage * kStageBytes);
-      const uint4 w = tc::lds_128(my_w + st);
-      const uint32_t sw = tc::lds_32(my_s + st);
-      const uint4 b0 = tc::lds_128(my_b + st);
-      uint32_t A[4][4];
-      dequant_steps<kFast, 4>(w, sw, 0, A);
-      // Two accumulators: the halves' mma chains are independent.
-      tc::mma_bf16_16816(acc0, A[0][0], A[0][1], A[0][2], A[0][3], tc::word(b0, 0), tc::word(b0, 1));
-      tc::mma_bf16_16816(acc0, A[1][0], A[1][1], A[1][2], A[1][3], tc::word(b0, 2), tc::word(b0, 3));
-      if (has_hi) {
-        const uint4 b1 = tc::lds_128(my_b + st + 512);
-        tc::mma_bf16_16816(acc1, A[2][0], A[2][1], A[2][2], A[2][3], tc::word(b1, 0), tc::word(b1, 1));
-        tc::mma_bf16_16816(acc1, A[3][0], A[3][1], A[3][2], A[3][3], tc::word(b1, 2), tc::word(b1, 3));
-      }
+      consume_chunk<kFast>(acc0, acc1, my_w + st, my_s + st, my_b + st, my_b + st + 512, has_hi);
     };
     // Main loop: D steps at a time with every refill in range (j0 + 2D - 2 < nc; then every consumed
     // chunk j <= nc - 2 has both k32 blocks), so the stages and the source offsets from the block's
