@@ -149,8 +149,10 @@ bool dense_gemv_resident_fits(const DenseParams& p, const DenseWorkspace& ws) {
   if (p.x_type != DType::BF16 || (p.y_type != DType::BF16 && p.y_type != DType::F32)) return false;
   if (p.accumulate && p.y_type != DType::F32) return false;
   if (!aligned_to(p.x, 16) || !aligned_to(p.w, 16) || p.K / 32 > kMaxK32 * kWarps) return false;
+  // The device's opt-in limit too: sm_120 has PDL but 99 KB per block.
   const int rows = resident_rows(p, ws.num_sms);
-  return rows <= kMaxRows && size_t(rows) * resident_row_bytes(p.K) <= kMaxSmem;
+  const size_t smem = std::max(size_t(rows) * resident_row_bytes(p.K), kRedBytes);
+  return rows <= kMaxRows && smem <= kMaxSmem && smem <= smem_optin_bytes();
 }
 
 // Floor (H200, ~4.2 TB/s): 2 N K bytes; the 20b's output projection 23.6 MB -> 5.6 us, most of which

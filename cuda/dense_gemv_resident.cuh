@@ -13,8 +13,8 @@ namespace gptoss {
 
 // 1 <= T <= 8, K % 32 == 0, ldx % 8 == 0, 16-byte aligned x and w (launch_dense_bf16 checks the
 // rest), programmatic dependent launch on (ws.pdl: the kernel exists to load its weights while its
-// predecessor runs), K <= 4096, ceil(N / SMs) <= 24 rows of w per block within 192 KB,
-// and GPT_OSS_C_GEMV_RESIDENT is not 0.
+// predecessor runs), K <= 4096, ceil(N / SMs) <= 24 rows of w per block within 192 KB and the
+// device's per-block shared memory, and GPT_OSS_C_GEMV_RESIDENT is not 0.
 bool dense_gemv_resident_fits(const DenseParams& p, const DenseWorkspace& ws);
 Status launch_dense_gemv_resident(const DenseParams& p, const DenseWorkspace& ws, cudaStream_t stream);
 

@@ -9,20 +9,32 @@
 
 namespace gptoss {
 
-Status ensure_smem(const void* kernel, size_t bytes, const char* name) {
+size_t smem_optin_bytes() {
   int dev = 0;
-  GPTOSS_CUDA_CHECK(cudaGetDevice(&dev));
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
   static std::atomic<int> optin_of[64] = {};  // per device; 0 = not queried yet
   int optin = dev >= 0 && dev < 64 ? optin_of[dev].load(std::memory_order_relaxed) : 0;
   if (optin == 0) {
-    GPTOSS_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+      cudaGetLastError();  // a failed query must not poison the next launch
+      return 0;
+    }
     if (dev >= 0 && dev < 64) optin_of[dev].store(optin, std::memory_order_relaxed);
   }
+  return size_t(optin);
+}
+
+Status ensure_smem(const void* kernel, size_t bytes, const char* name) {
+  const size_t optin = smem_optin_bytes();
+  if (optin == 0) return make_error(StatusCode::DeviceError, std::string(name) + ": cannot query the device's shared memory limit");
   // The kernel's static shared memory counts against the same opt-in limit as the dynamic part
   // (asking for the whole opt-in as dynamic fails with cudaErrorInvalidValue when there is any).
   cudaFuncAttributes fa;
   GPTOSS_CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
-  if (bytes + fa.sharedSizeBytes > size_t(optin))
+  if (bytes + fa.sharedSizeBytes > optin)
     return make_error(StatusCode::Unsupported, std::string(name) + " needs " + std::to_string(bytes) + " + " +
                                                    std::to_string(fa.sharedSizeBytes) +
                                                    " bytes of shared memory; this device allows " + std::to_string(optin));

@@ -8,6 +8,10 @@
 
 namespace gptoss {
 
+// The current device's opt-in shared memory per block (static and dynamic together; 227 KB on sm_90,
+// 99 KB on sm_120), cached per device; 0 when the query fails. For choosing a kernel that fits.
+size_t smem_optin_bytes();
+
 // Lets `kernel` launch with `bytes` of dynamic shared memory: an Unsupported status naming `name`
 // when its static and dynamic shared memory together exceed the device's opt-in limit; otherwise
 // raises the kernel's limit once per kernel and size (the attribute call is host-side and may

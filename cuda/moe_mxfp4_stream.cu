@@ -386,8 +386,8 @@ Status launch_stream_ks(const StreamArgs& a, bool pdl, cudaStream_t stream) {
 // programmatic dependent launch, when a block's stages fit.
 bool resident_mlp2(const StreamArgs& a, bool pdl) {
   const int ks = stream_ks(a.T * a.k, false);
-  return pdl && a.T == 1 && resident_mlp2_enabled() &&
-         size_t(kStreamWarps) * resident_warp_bytes(mxfp4_chunks(a.K / 32), ks) <= kResMaxSmem;
+  const size_t smem = size_t(kStreamWarps) * resident_warp_bytes(mxfp4_chunks(a.K / 32), ks);
+  return pdl && a.T == 1 && resident_mlp2_enabled() && smem <= kResMaxSmem && smem <= smem_optin_bytes();
 }
 
 }  // namespace
