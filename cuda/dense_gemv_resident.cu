@@ -140,6 +140,9 @@ bool resident_enabled() {
 
 int resident_rows(const DenseParams& p, int num_sms) { return (p.N + num_sms - 1) / num_sms; }
 
+// Dynamic shared memory of a block: its rows, or the partial tiles that later reuse them if larger.
+size_t resident_smem(int rows, int K) { return std::max(size_t(rows) * resident_row_bytes(K), kRedBytes); }
+
 }  // namespace
 
 bool dense_gemv_resident_fits(const DenseParams& p, const DenseWorkspace& ws) {
@@ -151,7 +154,7 @@ bool dense_gemv_resident_fits(const DenseParams& p, const DenseWorkspace& ws) {
   if (!aligned_to(p.x, 16) || !aligned_to(p.w, 16) || p.K / 32 > kMaxK32 * kWarps) return false;
   // The device's opt-in limit too: sm_120 has PDL but 99 KB per block.
   const int rows = resident_rows(p, ws.num_sms);
-  const size_t smem = std::max(size_t(rows) * resident_row_bytes(p.K), kRedBytes);
+  const size_t smem = resident_smem(rows, p.K);
   return rows <= kMaxRows && smem <= kMaxSmem && smem <= smem_optin_bytes();
 }
 
@@ -165,8 +168,7 @@ Status launch_dense_gemv_resident(const DenseParams& p, const DenseWorkspace& ws
   static_cast<DenseCoreArgs&>(a) = dense_core_args(p);
   a.rows = resident_rows(p, ws.num_sms);
   const int blocks = (p.N + a.rows - 1) / a.rows;
-  const size_t smem = std::max(size_t(a.rows) * resident_row_bytes(p.K), kRedBytes);
-  return launch_pdl(bf16_dense_gemv_resident, dim3(blocks), dim3(kThreads), smem, ws.pdl, stream,
+  return launch_pdl(bf16_dense_gemv_resident, dim3(blocks), dim3(kThreads), resident_smem(a.rows, p.K), ws.pdl, stream,
                     "bf16_dense_gemv_resident", a);
 }
 

@@ -223,72 +223,72 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 4) bf16_mxfp4w_moe_stream(S
         consume_chunk<kFast>(acc0, acc1, my_w + st, my_s + st, my_z + st, my_z + st + 64, 64 * (c0 + j) + 32 < a.K);
       }
     } else {
-    // Prologue: weights and scales of local chunks 0 .. D-2 (one commit group), then (after mlp1,
-    // for mlp2) the activations of each of those chunks (one group each), so that in the loop below
-    // the group of local chunk j is complete once at most D - 1 newer groups are pending.
-    for (int j = 0; j < D - 1; ++j) {
-      if (j >= nc) break;
-      const uint32_t st = uint32_t(j * kStageBytes);
-      tc::cp_async_16(my_w + st, wsrc + j * kMxfp4ChunkBytes, true);
-      tc::cp_async_4(my_s + st, ssrc + j * kMxfp4ScaleChunkBytes);
-    }
-    tc::cp_async_commit();
-    if (!kMlp1 && p0 == 0) {
-      pdl_wait();               // z and the counters come from mlp1
-      pdl_launch_dependents();  // whatever follows waits for all of this grid before reading y
-    }
-    for (int j = 0; j < D - 1; ++j) {
-      if (j < nc && has_col) {
+      // Prologue: weights and scales of local chunks 0 .. D-2 (one commit group), then (after mlp1,
+      // for mlp2) the activations of each of those chunks (one group each), so that in the loop below
+      // the group of local chunk j is complete once at most D - 1 newer groups are pending.
+      for (int j = 0; j < D - 1; ++j) {
+        if (j >= nc) break;
         const uint32_t st = uint32_t(j * kStageBytes);
-        tc::cp_async_16(my_b + st, brow + 64 * j, true);
-        if (64 * (c0 + j) + 32 < a.K) tc::cp_async_16(my_b + st + 512, brow + 64 * j + 32, true);
+        tc::cp_async_16(my_w + st, wsrc + j * kMxfp4ChunkBytes, true);
+        tc::cp_async_4(my_s + st, ssrc + j * kMxfp4ScaleChunkBytes);
       }
       tc::cp_async_commit();
-    }
+      if (!kMlp1 && p0 == 0) {
+        pdl_wait();               // z and the counters come from mlp1
+        pdl_launch_dependents();  // whatever follows waits for all of this grid before reading y
+      }
+      for (int j = 0; j < D - 1; ++j) {
+        if (j < nc && has_col) {
+          const uint32_t st = uint32_t(j * kStageBytes);
+          tc::cp_async_16(my_b + st, brow + 64 * j, true);
+          if (64 * (c0 + j) + 32 < a.K) tc::cp_async_16(my_b + st + 512, brow + 64 * j + 32, true);
+        }
+        tc::cp_async_commit();
+      }
 
-    // One step consumes local chunk j from stage j % D after refilling the stage chunk j - 1 freed
-    // with chunk j + D - 1 (when `refill`; one commit group per step either way). (ncu, session 5:
-    // the rolled loop spent ~50 of its ~120 instructions per chunk on ring indices, pointer updates
-    // and bounds tests.)
-    // Chunks whose second k32 block exists: all but possibly the warp's last (K % 64 == 32).
-    const int nc_hi = 64 * (c0 + nc - 1) + 32 < a.K ? nc : nc - 1;
-    // w / s / b: the sources of chunk jn = j + D - 1 (read only when `refill`).
-    // The refill's four copies form one branch-free block: lanes without a column, and the k32 block
-    // past K, copy 0 bytes (zero-fill from a mapped address) instead of branching around the copy
-    // (nvcc pads the start of every block that issues cp.async with three never-executed LDS).
-    auto step = [&](int j, int stage, bool refill, bool has_hi, const uint8_t* w_src, const uint8_t* s_src,
-                    const bf16_t* b_src) {
-      if (refill) {
-        const uint32_t st = uint32_t(((stage + D - 1) & (D - 1)) * kStageBytes);
-        const bool hi = has_col && j + D - 1 < nc_hi;
-        tc::cp_async_16(my_w + st, w_src, true);
-        tc::cp_async_4(my_s + st, s_src);
-        tc::cp_async_16(my_b + st, b_src, has_col);
-        tc::cp_async_16(my_b + st + 512, hi ? b_src + 32 : b_src, hi);
+      // One step consumes local chunk j from stage j % D after refilling the stage chunk j - 1 freed
+      // with chunk j + D - 1 (when `refill`; one commit group per step either way). (ncu, session 5:
+      // the rolled loop spent ~50 of its ~120 instructions per chunk on ring indices, pointer updates
+      // and bounds tests.)
+      // Chunks whose second k32 block exists: all but possibly the warp's last (K % 64 == 32).
+      const int nc_hi = 64 * (c0 + nc - 1) + 32 < a.K ? nc : nc - 1;
+      // w / s / b: the sources of chunk jn = j + D - 1 (read only when `refill`).
+      // The refill's four copies form one branch-free block: lanes without a column, and the k32 block
+      // past K, copy 0 bytes (zero-fill from a mapped address) instead of branching around the copy
+      // (nvcc pads the start of every block that issues cp.async with three never-executed LDS).
+      auto step = [&](int j, int stage, bool refill, bool has_hi, const uint8_t* w_src, const uint8_t* s_src,
+                      const bf16_t* b_src) {
+        if (refill) {
+          const uint32_t st = uint32_t(((stage + D - 1) & (D - 1)) * kStageBytes);
+          const bool hi = has_col && j + D - 1 < nc_hi;
+          tc::cp_async_16(my_w + st, w_src, true);
+          tc::cp_async_4(my_s + st, s_src);
+          tc::cp_async_16(my_b + st, b_src, has_col);
+          tc::cp_async_16(my_b + st + 512, hi ? b_src + 32 : b_src, hi);
+        }
+        tc::cp_async_commit();
+        tc::cp_async_wait<D - 1>();
+        const uint32_t st = uint32_t(stage * kStageBytes);
+        consume_chunk<kFast>(acc0, acc1, my_w + st, my_s + st, my_b + st, my_b + st + 512, has_hi);
+      };
+      // Main loop: D steps at a time with every refill in range (j0 + 2D - 2 < nc; then every consumed
+      // chunk j <= nc - 2 has both k32 blocks), so the stages and the source offsets from the block's
+      // base pointers are compile-time constants.
+      int j0 = 0;
+      const uint8_t* wblk = wsrc + (D - 1) * kMxfp4ChunkBytes;
+      const uint8_t* sblk = ssrc + (D - 1) * kMxfp4ScaleChunkBytes;
+      const bf16_t* bblk = brow + 64 * (D - 1);
+      for (; j0 + 2 * D - 2 < nc; j0 += D) {
+  #pragma unroll
+        for (int u = 0; u < D; ++u)
+          step(j0 + u, u, true, true, wblk + u * kMxfp4ChunkBytes, sblk + u * kMxfp4ScaleChunkBytes, bblk + 64 * u);
+        wblk += D * kMxfp4ChunkBytes;
+        sblk += D * kMxfp4ScaleChunkBytes;
+        bblk += 64 * D;
       }
-      tc::cp_async_commit();
-      tc::cp_async_wait<D - 1>();
-      const uint32_t st = uint32_t(stage * kStageBytes);
-      consume_chunk<kFast>(acc0, acc1, my_w + st, my_s + st, my_b + st, my_b + st + 512, has_hi);
-    };
-    // Main loop: D steps at a time with every refill in range (j0 + 2D - 2 < nc; then every consumed
-    // chunk j <= nc - 2 has both k32 blocks), so the stages and the source offsets from the block's
-    // base pointers are compile-time constants.
-    int j0 = 0;
-    const uint8_t* wblk = wsrc + (D - 1) * kMxfp4ChunkBytes;
-    const uint8_t* sblk = ssrc + (D - 1) * kMxfp4ScaleChunkBytes;
-    const bf16_t* bblk = brow + 64 * (D - 1);
-    for (; j0 + 2 * D - 2 < nc; j0 += D) {
-#pragma unroll
-      for (int u = 0; u < D; ++u)
-        step(j0 + u, u, true, true, wblk + u * kMxfp4ChunkBytes, sblk + u * kMxfp4ScaleChunkBytes, bblk + 64 * u);
-      wblk += D * kMxfp4ChunkBytes;
-      sblk += D * kMxfp4ScaleChunkBytes;
-      bblk += 64 * D;
-    }
-    for (int j = j0; j < nc; ++j, wblk += kMxfp4ChunkBytes, sblk += kMxfp4ScaleChunkBytes, bblk += 64)
-      step(j, j & (D - 1), j + D - 1 < nc, j < nc_hi, wblk, sblk, bblk);
-    tc::cp_async_wait<0>();  // the rings are reused: by the reduction and by the next pass
+      for (int j = j0; j < nc; ++j, wblk += kMxfp4ChunkBytes, sblk += kMxfp4ScaleChunkBytes, bblk += 64)
+        step(j, j & (D - 1), j + D - 1 < nc, j < nc_hi, wblk, sblk, bblk);
+      tc::cp_async_wait<0>();  // the rings are reused: by the reduction and by the next pass
     }
     // acc = rows r, r + 8 of the tile x columns 2c, 2c + 1 of the pass, summed over the K parts in
     // ks order (warps 1 .. KS-1 leave theirs at the start of their own rings).
@@ -352,11 +352,15 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 4) bf16_mxfp4w_moe_stream(S
   }
 }
 
+// Dynamic shared memory of a block: the warps' rings, or (res) their resident stages.
+size_t stream_smem(bool res, int K, int ks) {
+  return size_t(kStreamWarps) * (res ? resident_warp_bytes(mxfp4_chunks(K / 32), ks) : kStreamDepth * kStageBytes);
+}
+
 template <bool kMlp1, bool kFast, int KS, bool kRes>
 Status launch_stream_t(const StreamArgs& a, bool pdl, cudaStream_t stream) {
   auto kernel = bf16_mxfp4w_moe_stream<kMlp1, kFast, KS, kRes>;
-  const size_t smem = kRes ? size_t(kStreamWarps) * resident_warp_bytes(mxfp4_chunks(a.K / 32), KS)
-                           : size_t(kStreamWarps) * kStreamDepth * kStageBytes;
+  const size_t smem = stream_smem(kRes, a.K, KS);
   GPTOSS_RETURN_IF_ERROR(ensure_smem(reinterpret_cast<const void*>(kernel), smem, "bf16_mxfp4w_moe_stream"));
   constexpr int per_block = kStreamWarps / KS;
   const int tiles = a.R / kMxfp4TileRows, ranks = std::min(a.E, a.T * a.k);
@@ -385,8 +389,7 @@ Status launch_stream_ks(const StreamArgs& a, bool pdl, cudaStream_t stream) {
 // mlp2 of one token (each expert has one slot: the router picks k distinct experts) with
 // programmatic dependent launch, when a block's stages fit.
 bool resident_mlp2(const StreamArgs& a, bool pdl) {
-  const int ks = stream_ks(a.T * a.k, false);
-  const size_t smem = size_t(kStreamWarps) * resident_warp_bytes(mxfp4_chunks(a.K / 32), ks);
+  const size_t smem = stream_smem(true, a.K, stream_ks(a.T * a.k, false));
   return pdl && a.T == 1 && resident_mlp2_enabled() && smem <= kResMaxSmem && smem <= smem_optin_bytes();
 }
 
