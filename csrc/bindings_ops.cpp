@@ -340,7 +340,9 @@ py::tuple op_router_topk(const py::object& logits_o, int k, const std::string& d
 py::array_t<float> op_moe(const py::object& x_o, const py::object& idx_o, const py::object& ew_o,
                           const py::object& w1b_o, const py::object& w1s_o, const py::object& b1_o,
                           const py::object& w2b_o, const py::object& w2s_o, const py::object& b2_o,
-                          const py::object& y_o, float alpha, float limit, const std::string& device) {
+                          const py::object& y_o, float alpha, float limit, int64_t next_read_bytes,
+                          const std::string& device) {
+  if (next_read_bytes < 0) throw py::value_error("moe: next_read_bytes must be >= 0");
   auto x = f32_arg(x_o, "x");
   auto idx = i32_arg(idx_o, "expert_idx");
   auto ew = f32_arg(ew_o, "expert_w");
@@ -389,6 +391,12 @@ py::array_t<float> op_moe(const py::object& x_o, const py::object& idx_o, const 
     GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::Mxfp4Scales, w2s.data(), size_t(w2s.size()), w2ss, "w2_scales", &p.w2_scales));
     GPTOSS_RETURN_IF_ERROR(c.place(WeightKind::VectorF32, b2.data(), size_t(b2.size()), b2s, "b2", &p.b2));
     GPTOSS_RETURN_IF_ERROR(c.upload(y.data(), size_t(T) * H, "y", &p.y));
+    std::vector<uint8_t> next(size_t(next_read_bytes), 0x5a);
+    if (!next.empty()) {
+      const uint8_t* next_dev = nullptr;
+      GPTOSS_RETURN_IF_ERROR(c.upload(next.data(), next.size(), "next_read", &next_dev));
+      p.next_read = ReadHint{next_dev, next.size()};
+    }
     GPTOSS_RETURN_IF_ERROR(c.backend().moe(p));
     return c.download(out_h, p.y, size_t(T) * H);
   });
@@ -635,11 +643,13 @@ void register_op_bindings(py::module_& m) {
           "float32[T, k] softmax over those k logits).");
   ops.def("moe", &op_moe, py::arg("x"), py::arg("expert_idx"), py::arg("expert_w"), py::arg("w1_blocks"),
           py::arg("w1_scales"), py::arg("b1"), py::arg("w2_blocks"), py::arg("w2_scales"), py::arg("b2"),
-          py::arg("y"), py::arg("swiglu_alpha") = 1.702f, py::arg("swiglu_limit") = 7.0f, py::arg("device") = "cpu",
+          py::arg("y"), py::arg("swiglu_alpha") = 1.702f, py::arg("swiglu_limit") = 7.0f,
+          py::arg("next_read_bytes") = 0, py::arg("device") = "cpu",
           "x float32[T, H] (act), expert_idx int[T, k], expert_w float32[T, k], w1_blocks "
           "uint8[E, 2I, H/32, 16], w1_scales uint8[E, 2I, H/32], b1 float32[E, 2I], w2_blocks "
           "uint8[E, H, I/32, 16], w2_scales uint8[E, H, I/32], b2 float32[E, H], y float32[T, H] "
-          "(residual) -> y + MoE(x) as float32[T, H].");
+          "(residual) -> y + MoE(x) as float32[T, H]. next_read_bytes > 0 sets MoEParams::next_read "
+          "to a device buffer of that size (a hint, which must not change the result).");
   ops.def("attn_input", &op_attn_input, py::arg("x"), py::arg("norm_w"), py::arg("w"), py::arg("bias"),
           py::arg("n_q"), py::arg("n_kv"), py::arg("positions"), py::arg("cos"), py::arg("sin"),
           py::arg("cache_k") = py::none(), py::arg("cache_v") = py::none(), py::arg("seq_slot") = py::none(),

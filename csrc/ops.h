@@ -93,6 +93,13 @@ struct RMSNormParams {
 // y[t, n] (+)= sum_k x[t, k] * w[n, k] + bias[n], accumulated in f32.
 // accumulate=true adds into y (must then be F32): this is how the attention output projection
 // lands on the residual. bias may be nullptr.
+// A hint, never read by the math: bytes a later op of the step reads (the next layer's q/k/v
+// weight), which a backend may pull towards the chip once the op's own weights are in.
+struct ReadHint {
+  const void* p = nullptr;
+  size_t bytes = 0;
+};
+
 struct DenseParams {
   const void* x = nullptr;  int ldx = 0;  DType x_type = DType::F32;  // [T][K]
   const bf16_t* w = nullptr;                                          // [N][K]
@@ -100,6 +107,7 @@ struct DenseParams {
   void* y = nullptr;  int ldy = 0;  DType y_type = DType::F32;        // [T][N]
   int T = 0, K = 0, N = 0;
   bool accumulate = false;
+  ReadHint next_read;
 };
 
 // YaRN RoPE, half-split (NeoX) pairing, in place on q [T][n_q*64] and k [T][n_kv*64]:
@@ -187,6 +195,7 @@ struct MoEParams {
   // (~2^-7). A hint found at load time (mxfp4_scales_below_128); backends may take a cheaper exact
   // dequantisation with it, and must be right either way.
   bool scales_below_128 = false;
+  ReadHint next_read;
 };
 
 // ---- fused op families ------------------------------------------------------------------------

@@ -98,6 +98,7 @@ struct DenseArgs : DenseCoreArgs {
   int32_t* expert_idx;
   float* expert_w;
   uint32_t zero;   // always 0; the compiler cannot know it (see gemv_fence)
+  int preload;     // GEMV: the first group's weights into registers before pdl_wait (GPT_OSS_C_GEMV_PRELOAD=0: off)
 };
 
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
@@ -210,11 +211,8 @@ constexpr int kGemvPrefetch = 8;  // chunks per warp prefetched to L2 ahead of t
 // token rows (an invalid row or token reads row 0: its garbage stays in its own mma row or column,
 // which is never stored). XS: the token rows are in shared memory at byte addresses xs[nt].
 template <int NT, bool XS>
-__device__ __forceinline__ void gemv_load(const bf16_t* wa, const bf16_t* wb, const bf16_t* const (&xp)[NT],
-                                          const uint32_t (&xs)[NT], int k, uint4& wra, uint4& wrb,
-                                          uint4 (&xr)[NT][2], int h) {
-  wra = tc::ldg_stream_128(wa + k);
-  wrb = tc::ldg_stream_128(wb + k);
+__device__ __forceinline__ void gemv_load_x(const bf16_t* const (&xp)[NT], const uint32_t (&xs)[NT], int k,
+                                            uint4 (&xr)[NT][2], int h) {
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     if constexpr (XS) {
@@ -223,6 +221,15 @@ __device__ __forceinline__ void gemv_load(const bf16_t* wa, const bf16_t* wb, co
       xr[nt][h] = tc::ldg_128(xp[nt] + k);
     }
   }
+}
+
+template <int NT, bool XS>
+__device__ __forceinline__ void gemv_load(const bf16_t* wa, const bf16_t* wb, const bf16_t* const (&xp)[NT],
+                                          const uint32_t (&xs)[NT], int k, uint4& wra, uint4& wrb,
+                                          uint4 (&xr)[NT][2], int h) {
+  wra = tc::ldg_stream_128(wa + k);
+  wrb = tc::ldg_stream_128(wb + k);
+  gemv_load_x<NT, XS>(xp, xs, k, xr, h);
 }
 
 // Makes every weight register of a group depend on every load of the group (through `zero`, 0 at
@@ -304,11 +311,24 @@ __global__ void __launch_bounds__(kGemvWarps * 32) bf16_dense_gemv_mma(DenseArgs
   }
   const int full = a.K / 64;
 
-  // Weights never depend on an earlier kernel: start pulling this warp's chunks (up to
-  // kGemvPrefetch of them; one 128-byte line per row and chunk) into L2 before waiting for the
-  // predecessor and before the norm prologue, so HBM streams while those run.
+  // Weights never depend on an earlier kernel: load this warp's first group of U chunks into
+  // registers and start pulling the next ones (up to kGemvPrefetch chunks; one 128-byte line per row
+  // and chunk) into L2 before waiting for the predecessor and before the norm prologue, so that the
+  // first round trip overlaps those instead of following them (ncu, session 11: in the fused q/k/v
+  // GEMV the warps stalled on the norm's x loads, then on the first weight group).
+  const bool pre = a.preload && s0 + (U - 1) * S < full;
+  uint4 pwa[U][2], pwb[U][2];
+  if (pre) {
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        pwa[u][h] = tc::ldg_stream_128(wa + (s0 + u * S) * 64 + 32 * h);
+        pwb[u][h] = tc::ldg_stream_128(wb + (s0 + u * S) * 64 + 32 * h);
+      }
+  }
   if (c == 0) {
-    for (int j = s0, n = 0; j < full && n < kGemvPrefetch; j += S, ++n) {
+    for (int j = pre ? s0 + U * S : s0, n = 0; j < full && n < kGemvPrefetch; j += S, ++n) {
       prefetch_l2(wa + j * 64);
       prefetch_l2(wb + j * 64);
     }
@@ -356,6 +376,18 @@ __global__ void __launch_bounds__(kGemvWarps * 32) bf16_dense_gemv_mma(DenseArgs
   // chunks' loads are in flight together), then single whole chunks, then the last half chunk
   // when K % 64 == 32.
   int j0 = s0;
+  if (pre) {
+    uint4 xr[U][NT][2];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) gemv_load_x<NT, XS>(xp, xs, (s0 + u * S) * 64 + 32 * h, xr[u], h);
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) gemv_mma<NT>(acc, pwa[u][h], pwb[u][h], xr[u], h);
+    j0 += U * S;
+  }
   for (; j0 + (U - 1) * S < full; j0 += U * S) {
     uint4 wra[U][2], wrb[U][2], xr[U][NT][2];
 #pragma unroll
@@ -728,6 +760,15 @@ Status launch_gemm_mid(const DenseArgs& a, const DenseWorkspace& ws, cudaStream_
   return launch_gemm<64, 64, 2, 2, 4, true>(a, ws, stream);
 }
 
+// A/B knob GPT_OSS_C_GEMV_PRELOAD=0: the GEMV issues its first weight loads after pdl_wait and the norm.
+bool gemv_preload_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("GPT_OSS_C_GEMV_PRELOAD");
+    return !(v && std::string(v) == "0");
+  }();
+  return on;
+}
+
 DenseArgs dense_args(const DenseParams& p) {
   DenseArgs a;
   std::memset(static_cast<void*>(&a), 0, sizeof(a));
@@ -736,6 +777,7 @@ DenseArgs dense_args(const DenseParams& p) {
   a.y_pairs = p.ldy % 2 == 0 && (reinterpret_cast<uintptr_t>(p.y) % (2 * ybytes)) == 0;
   a.Z = 1;
   a.zero = 0;
+  a.preload = gemv_preload_enabled();
   return a;
 }
 

@@ -17,6 +17,21 @@ constexpr unsigned kFullMask = 0xffffffffu;
 GPTOSS_HD int ceil_div(int a, int b) { return (a + b - 1) / b; }
 GPTOSS_HD bool aligned_to(const void* p, size_t bytes) { return (reinterpret_cast<uintptr_t>(p) % bytes) == 0; }
 
+// Share `share` of `shares` equal, 256-byte aligned pieces of [p, p + bytes) pulled into L2 by one
+// bulk prefetch (the caller picks one thread per share). A hint (ops.h ReadHint): sm_90 only, a no-op
+// elsewhere. p is 16-byte aligned; a last piece that is not a multiple of 16 bytes loses its tail.
+__device__ __forceinline__ void l2_prefetch_share(const void* p, size_t bytes, size_t share, size_t shares) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const size_t piece = ((bytes + shares - 1) / shares + 255) & ~size_t(255);
+  const size_t begin = share * piece;
+  if (begin >= bytes) return;
+  const uint32_t n = uint32_t(min(piece, bytes - begin)) & ~15u;
+  if (n > 0)
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(static_cast<const char*>(p) + begin), "r"(n)
+                 : "memory");
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = kWarpSize / 2; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
   return v;

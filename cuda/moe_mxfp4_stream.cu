@@ -36,6 +36,7 @@
 #include <string>
 
 #include "cuda_check.cuh"
+#include "device_common.cuh"
 #include "expert_route.cuh"
 #include "moe_mxfp4_impl.cuh"
 
@@ -145,6 +146,19 @@ __device__ __forceinline__ void consume_chunk(float (&acc0)[4], float (&acc1)[4]
   }
 }
 
+// mlp2's share of the next op's first bytes (StreamArgs::l2_next: the next layer's q/k/v weight) pulled
+// into L2, one bulk prefetch per warp, issued once the warp's own loads have landed. Why: with its
+// weights in, mlp2 still dequantises for ~3-4 us and meets in the output tiles, and the next GEMV's
+// blocks find no room on the SMs until mlp2's leave, so DRAM would idle for ~5 us right before a
+// 29.5 MB read. Unlike the refuted L2 prefetches (bench/NOTES.md, sessions 5, 7, 9) these run beside
+// no stream and are consumed by the very next kernel: decode +2-3% (session 11). Issued right after
+// pdl_wait instead, it gained nothing more.
+__device__ __forceinline__ void prefetch_next_l2(const StreamArgs& a, int warp, int lane) {
+  if (a.l2_next == nullptr || lane != 0) return;
+  l2_prefetch_share(a.l2_next, a.l2_next_bytes, (size_t(blockIdx.y) * gridDim.x + blockIdx.x) * kStreamWarps + warp,
+                    size_t(gridDim.x) * gridDim.y * kStreamWarps);
+}
+
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
@@ -217,6 +231,7 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 4) bf16_mxfp4w_moe_stream(S
       tc::cp_async_commit();
       tc::cp_async_wait<0>();
       __syncwarp();
+      prefetch_next_l2(a, warp, lane);
 #pragma unroll 4
       for (int j = 0; j < nc; ++j) {
         const uint32_t st = uint32_t(j * kResStageBytes);
@@ -289,6 +304,7 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 4) bf16_mxfp4w_moe_stream(S
       for (int j = j0; j < nc; ++j, wblk += kMxfp4ChunkBytes, sblk += kMxfp4ScaleChunkBytes, bblk += 64)
         step(j, j & (D - 1), j + D - 1 < nc, j < nc_hi, wblk, sblk, bblk);
       tc::cp_async_wait<0>();  // the rings are reused: by the reduction and by the next pass
+      if (!kMlp1 && p0 == 0) prefetch_next_l2(a, warp, lane);
     }
     // acc = rows r, r + 8 of the tile x columns 2c, 2c + 1 of the pass, summed over the K parts in
     // ks order (warps 1 .. KS-1 leave theirs at the start of their own rings).

@@ -316,6 +316,16 @@ def test_moe_is_deterministic():
             np.testing.assert_array_equal(ops.moe(*args, y0, device="cuda"), out)
 
 
+# MoEParams::next_read (the decode mlp2 pulls the next layer's q/k/v weight into L2 with bulk
+# prefetches) is a hint: results bit for bit as without, for byte counts that split into uneven
+# per-warp pieces and end off a 16-byte boundary, on the resident (T = 1) and ring (T = 3) paths.
+@pytest.mark.parametrize("T", [1, 3])
+def test_moe_next_read_hint_changes_nothing(T):
+    args, y0, out = moe_case(T, 32, 4, 2880, 2880)
+    for nbytes in (1, 1000, 29_491_207):
+        np.testing.assert_array_equal(ops.moe(*args, y0, next_read_bytes=nbytes, device="cuda"), out)
+
+
 def scale_case(T, scale_bytes):
     # One block per mlp2 row (I = 32): output n of every token is 2^(s_n - 127) times an FP4 dot
     # product, with s_n cycling through scale_bytes. A per-element bound relative to that row's
