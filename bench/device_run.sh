@@ -28,17 +28,21 @@ for stage in "$@"; do
     tests|portable)
       # portable: the same kernel tests with the sm_80 (mma.sync) paths forced on this sm_90 card.
       [ "$stage" = portable ] && export GPT_OSS_C_FORCE_PORTABLE=1
-      for f in test_cuda_backend test_cuda_moe_dense test_fused_ops test_cuda_engine_replay test_ops; do
-        timeout ${TEST_TIMEOUT:-400} python3 -m pytest -q -ra --maxfail=10 -p no:cacheprovider "tests/python/$f.py" -k cuda \
+      for f in ${TEST_FILES:-test_cuda_backend test_cuda_moe_dense test_fused_ops test_cuda_engine_replay test_ops}; do
+        with_env "${TEST_ENV:--}" timeout ${TEST_TIMEOUT:-400} python3 -m pytest -q -ra --maxfail=10 -p no:cacheprovider "tests/python/$f.py" -k cuda \
           > "$OUT/${stage}_$f.log" 2>&1
         echo "== $stage $f: $(tail -n 1 "$OUT/${stage}_$f.log")"
         grep -E "^(FAILED|ERROR)" "$OUT/${stage}_$f.log" | head -12
       done
       unset GPT_OSS_C_FORCE_PORTABLE ;;
-    moetests)
-      timeout 200 python3 -m pytest -q -ra --maxfail=10 -p no:cacheprovider tests/python/test_cuda_moe_dense.py \
-        -k "moe and not portable" > "$OUT/moetests.log" 2>&1
-      echo "== moetests: $(tail -n 1 "$OUT/moetests.log")"; grep -E "^(FAILED|ERROR)" "$OUT/moetests.log" | head -12 ;;
+    moetests|densetests)
+      # One half of test_cuda_moe_dense (the whole file takes ~5 min), by test-name prefix (a bare "moe" or
+      # "dense" also matches the file's name, i.e. every test), with TEST_ENV (e.g. "GPT_OSS_C_GEMV_PRELOAD=2"
+      # or "-") added to the environment, for a knob's variant.
+      sel="test_moe and not portable"; [ "$stage" = densetests ] && sel="test_dense"
+      with_env "${TEST_ENV:--}" timeout 280 python3 -m pytest -q -ra --maxfail=10 -p no:cacheprovider \
+        tests/python/test_cuda_moe_dense.py -k "cuda and ($sel)" > "$OUT/$stage.log" 2>&1
+      echo "== $stage (${TEST_ENV:--}): $(tail -n 1 "$OUT/$stage.log")"; grep -E "^(FAILED|ERROR)" "$OUT/$stage.log" | head -12 ;;
     e2e)
       timeout 240 python3 -m pytest -q -ra --maxfail=10 -p no:cacheprovider tests/python/test_engine.py \
         tests/python/test_oracle.py tests/python/test_oracle_hf.py tests/python/test_generate.py tests/python/test_errors.py -k "cuda" > "$OUT/e2e.log" 2>&1
