@@ -649,16 +649,16 @@ Status Engine::forward(const BatchDesc& b, const StepIO& io, int rows, bool samp
   // A longer chunk must append after attention: a later position of the chunk overwrites ring
   // entries of the sliding layers that earlier queries of the same chunk still read.
   const bool append_early = b.T == b.S;
+  const size_t qkv_bytes = size_t(QKV) * size_t(H) * 2;
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const LayerWeights& w = layers_[size_t(l)];
-    // What the step reads next: the next layer's q/k/v weight, after the last layer as many bytes of
-    // the unembedding's first rows.
-    const size_t qkv_bytes = size_t(QKV) * size_t(H) * 2;
-    ReadHint next_qkv;
+    // What the step reads after this layer's MoE: the next layer's q/k/v weight, after the last layer
+    // as many bytes of the unembedding's first rows.
+    ReadHint next_read;
     if (l + 1 < cfg_.n_layers && layers_[size_t(l) + 1].qkv_w != nullptr)
-      next_qkv = ReadHint{layers_[size_t(l) + 1].qkv_w, qkv_bytes};
+      next_read = ReadHint{layers_[size_t(l) + 1].qkv_w, qkv_bytes};
     else if (l + 1 == cfg_.n_layers && rows > 0)
-      next_qkv = ReadHint{unembed_, std::min(qkv_bytes, size_t(V) * size_t(H) * 2)};
+      next_read = ReadHint{unembed_, std::min(qkv_bytes, size_t(V) * size_t(H) * 2)};
     AttnInputParams ai;
     RMSNormParams& np = ai.norm;
     np.x = ws_.x; np.ldx = H; np.w = w.attn_norm; np.out = ws_.xn; np.ldo = H; np.out_type = act;
@@ -716,7 +716,7 @@ Status Engine::forward(const BatchDesc& b, const StepIO& io, int rows, bool samp
     mp.y = ws_.x; mp.ldy = H; mp.T = T; mp.E = E; mp.k = K; mp.H = H; mp.I = cfg_.intermediate;
     mp.swiglu_alpha = cfg_.swiglu_alpha; mp.swiglu_limit = cfg_.swiglu_limit;
     mp.scales_below_128 = w.scales_below_128;
-    mp.next_read = next_qkv;
+    mp.next_read = next_read;
     GPTOSS_RETURN_IF_ERROR(be.moe(mp));
   }
   if (rows == 0) return Status::Ok();

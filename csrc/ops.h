@@ -90,9 +90,6 @@ struct RMSNormParams {
   float eps = 1e-5f;
 };
 
-// y[t, n] (+)= sum_k x[t, k] * w[n, k] + bias[n], accumulated in f32.
-// accumulate=true adds into y (must then be F32): this is how the attention output projection
-// lands on the residual. bias may be nullptr.
 // A hint, never read by the math: bytes a later op of the step reads (the next layer's q/k/v
 // weight), which a backend may pull towards the chip once the op's own weights are in.
 struct ReadHint {
@@ -100,6 +97,9 @@ struct ReadHint {
   size_t bytes = 0;
 };
 
+// y[t, n] (+)= sum_k x[t, k] * w[n, k] + bias[n], accumulated in f32.
+// accumulate=true adds into y (must then be F32): this is how the attention output projection
+// lands on the residual. bias may be nullptr.
 struct DenseParams {
   const void* x = nullptr;  int ldx = 0;  DType x_type = DType::F32;  // [T][K]
   const bf16_t* w = nullptr;                                          // [N][K]
@@ -107,7 +107,6 @@ struct DenseParams {
   void* y = nullptr;  int ldy = 0;  DType y_type = DType::F32;        // [T][N]
   int T = 0, K = 0, N = 0;
   bool accumulate = false;
-  ReadHint next_read;
 };
 
 // YaRN RoPE, half-split (NeoX) pairing, in place on q [T][n_q*64] and k [T][n_kv*64]:

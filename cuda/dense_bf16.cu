@@ -762,10 +762,7 @@ Status launch_gemm_mid(const DenseArgs& a, const DenseWorkspace& ws, cudaStream_
 
 // A/B knob GPT_OSS_C_GEMV_PRELOAD=0: the GEMV issues its first weight loads after pdl_wait and the norm.
 bool gemv_preload_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("GPT_OSS_C_GEMV_PRELOAD");
-    return !(v && std::string(v) == "0");
-  }();
+  static const bool on = !env_knob_off("GPT_OSS_C_GEMV_PRELOAD");
   return on;
 }
 

@@ -19,7 +19,6 @@
 
 #include <cuda_bf16.h>
 
-#include <cstdlib>
 #include <cstring>
 
 #include "cuda_check.cuh"
@@ -186,10 +185,8 @@ __global__ void __launch_bounds__(kThreads, 1) bf16_dense_gemm_wgmma(WgArgs a) {
 }  // namespace
 
 bool dense_wgmma_available() {
-  static const bool ok = [] {
-    const char* knob = std::getenv("GPT_OSS_C_DENSE_WGMMA");
-    return !(knob && std::strcmp(knob, "0") == 0) && sm90_code_runnable(bf16_dense_gemm_wgmma, /*exact_90=*/true);
-  }();
+  static const bool ok =
+      !env_knob_off("GPT_OSS_C_DENSE_WGMMA") && sm90_code_runnable(bf16_dense_gemm_wgmma, /*exact_90=*/true);
   return ok;
 }
 

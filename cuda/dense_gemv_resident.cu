@@ -23,8 +23,6 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 
 #include "cuda_check.cuh"
 #include "device_common.cuh"
@@ -131,10 +129,7 @@ __global__ void __launch_bounds__(kThreads, 1) bf16_dense_gemv_resident(Resident
 }
 
 bool resident_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("GPT_OSS_C_GEMV_RESIDENT");
-    return !(v && std::string(v) == "0");
-  }();
+  static const bool on = !env_knob_off("GPT_OSS_C_GEMV_RESIDENT");
   return on;
 }
 

@@ -1,6 +1,7 @@
 #include "kernel_caps.cuh"
 
 #include <atomic>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -8,6 +9,11 @@
 #include "cuda_backend.cuh"
 
 namespace gptoss {
+
+bool env_knob_off(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::string(v) == "0";
+}
 
 size_t smem_optin_bytes() {
   int dev = 0;

@@ -8,6 +8,10 @@
 
 namespace gptoss {
 
+// A/B knobs: true when the environment variable `name` is "0" (a kernel choice turned off). Read
+// at each call; callers keep the answer in a static.
+bool env_knob_off(const char* name);
+
 // The current device's opt-in shared memory per block (static and dynamic together; 227 KB on sm_90,
 // 99 KB on sm_120), cached per device; 0 when the query fails. For choosing a kernel that fits.
 size_t smem_optin_bytes();

@@ -20,7 +20,6 @@
 #include "moe_mxfp4.cuh"
 
 #include <algorithm>
-#include <cstdlib>
 #include <string>
 
 #include "cuda_check.cuh"
@@ -100,10 +99,7 @@ moe::StreamArgs stream_args(const MoEParams& p, const MoeWorkspace& w) {
 
 // A/B knob GPT_OSS_C_MOE_L2_NEXT=0: the decode mlp2 leaves MoEParams::next_read alone.
 bool l2_next_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("GPT_OSS_C_MOE_L2_NEXT");
-    return !(v && std::string(v) == "0");
-  }();
+  static const bool on = !env_knob_off("GPT_OSS_C_MOE_L2_NEXT");
   return on;
 }
 
@@ -167,10 +163,7 @@ Status launch_moe_mxfp4(const MoEParams& p, void* workspace, size_t workspace_by
     g.bias = p.b2;
     g.R = p.H;
     g.K = p.I;
-    if (l2_next_enabled()) {
-      g.l2_next = p.next_read.p;
-      g.l2_next_bytes = p.next_read.bytes;
-    }
+    if (l2_next_enabled()) g.l2_next = p.next_read;
     return moe::launch_stream(g, false, pdl, stream);
   }
 

@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "common.h"
+#include "ops.h"
 #include "kernel_caps.cuh"
 #include "mma_sm80.cuh"
 #include "mxfp4_layout.cuh"
@@ -114,8 +115,7 @@ struct StreamArgs {
   int32_t* counters = nullptr;          // launch_stream: arrivals per mlp2 output tile (mlp2 reads, mlp1 zeroes)
   int n_counters = 0;                   // >= H / 16
   bool fast_scales = false;             // MoEParams::scales_below_128 (one multiply per dequantised pair)
-  const void* l2_next = nullptr;        // mlp2: MoEParams::next_read, pulled into L2 once a warp's loads landed
-  size_t l2_next_bytes = 0;
+  ReadHint l2_next;                     // mlp2: MoEParams::next_read, pulled into L2 once a warp's loads landed
 };
 
 // moe_mxfp4_stream.cu: KS warps per (expert rank, 16-row tile), each over 1/KS of K, for T * k <=

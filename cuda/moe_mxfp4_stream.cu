@@ -154,8 +154,8 @@ __device__ __forceinline__ void consume_chunk(float (&acc0)[4], float (&acc1)[4]
 // no stream and are consumed by the very next kernel: decode +2-3% (session 11). Issued right after
 // pdl_wait instead, it gained nothing more.
 __device__ __forceinline__ void prefetch_next_l2(const StreamArgs& a, int warp, int lane) {
-  if (a.l2_next == nullptr || lane != 0) return;
-  l2_prefetch_share(a.l2_next, a.l2_next_bytes, (size_t(blockIdx.y) * gridDim.x + blockIdx.x) * kStreamWarps + warp,
+  if (a.l2_next.p == nullptr || lane != 0) return;
+  l2_prefetch_share(a.l2_next.p, a.l2_next.bytes, (size_t(blockIdx.y) * gridDim.x + blockIdx.x) * kStreamWarps + warp,
                     size_t(gridDim.x) * gridDim.y * kStreamWarps);
 }
 
@@ -387,10 +387,7 @@ Status launch_stream_t(const StreamArgs& a, bool pdl, cudaStream_t stream) {
 
 // A/B knob GPT_OSS_C_MOE_RESIDENT=0: mlp2 at one token streams through the ring as every other call.
 bool resident_mlp2_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("GPT_OSS_C_MOE_RESIDENT");
-    return !(v && std::string(v) == "0");
-  }();
+  static const bool on = !env_knob_off("GPT_OSS_C_MOE_RESIDENT");
   return on;
 }
 
